@@ -1,0 +1,4 @@
+from hippo_scp.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Logging for the node: human text or JSON lines, with a guard against patient identifiers.
+
+The code never formats patient names, IDs or birth dates into INFO-level messages. As a second
+line of defence, :class:`PatientIdentifierGuard` remembers the identifiers of datasets the node
+has seen and masks them in every record at INFO or above, so a careless message (or a library's
+exception text) cannot leak them into a log that is shipped to a SIEM.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from collections import OrderedDict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from pydicom.dataset import Dataset
+
+AUDIT_LOGGER_NAME = "hippo_scp.audit"
+_MASK = "***"
+
+
+class PatientIdentifierGuard(logging.Filter):
+    """Mask remembered patient identifiers in records at INFO and above.
+
+    Bounded (LRU) so a node that runs for months does not grow without limit.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        super().__init__()
+        self._identifiers: OrderedDict[str, None] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def remember(self, dataset: Dataset) -> None:
+        """Record the identifiers of ``dataset`` (PatientName, PatientID, PatientBirthDate)."""
+        values: list[str] = []
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs"):
+            value = dataset.get(keyword)
+            if value is None:
+                continue
+            text = str(value).strip()
+            if len(text) >= 3:
+                values.append(text)
+                # Also mask the name's components: "DOE^JOHN" may be logged as "DOE".
+                values.extend(part for part in text.split("^") if len(part) >= 3)
+        if not values:
+            return
+        with self._lock:
+            for text in values:
+                self._identifiers[text] = None
+                self._identifiers.move_to_end(text)
+            while len(self._identifiers) > self._capacity:
+                self._identifiers.popitem(last=False)
+
+    def mask(self, text: str) -> str:
+        with self._lock:
+            identifiers = sorted(self._identifiers, key=len, reverse=True)
+        for identifier in identifiers:
+            if identifier in text:
+                text = text.replace(identifier, _MASK)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.INFO or not self._identifiers:
+            return True
+        message = record.getMessage()
+        masked = self.mask(message)
+        if masked != message:
+            record.msg = masked
+            record.args = None
+        return True
+
+
+#: The process-wide guard; the receiver calls ``PATIENT_GUARD.remember(ds)`` for each instance.
+PATIENT_GUARD = PatientIdentifierGuard()
+
+
+class JsonLineFormatter(logging.Formatter):
+    """One JSON object per line: machine-readable for log shippers (Loki, ELK, Splunk)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            payload.update(fields)
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str, ensure_ascii=False)
+
+
+def configure_logging(
+    level: str = "INFO",
+    fmt: str = "text",
+    *,
+    stream: TextIO | None = None,
+    audit_log: Path | None = None,
+) -> None:
+    """Configure the root logger once per process (idempotent: handlers are replaced)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonLineFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        )
+    handler.addFilter(PATIENT_GUARD)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # pynetdicom is chatty at INFO (one line per PDU summary); keep it at WARNING unless
+    # the operator asks for DEBUG.
+    logging.getLogger("pynetdicom").setLevel("DEBUG" if level == "DEBUG" else "WARNING")
+
+    audit = logging.getLogger(AUDIT_LOGGER_NAME)
+    for existing in list(audit.handlers):
+        audit.removeHandler(existing)
+        existing.close()
+    if audit_log is not None:
+        audit_log.parent.mkdir(parents=True, exist_ok=True)
+        audit_handler = logging.FileHandler(audit_log, encoding="utf-8")
+        audit_handler.setFormatter(JsonLineFormatter())
+        audit_handler.addFilter(PATIENT_GUARD)
+        audit.addHandler(audit_handler)
+    audit.setLevel(logging.INFO)
+
+
+def audit_event(event: str, **fields: Any) -> None:
+    """Write one audit record (association accepted / rejected / released, results sent)."""
+    logging.getLogger(AUDIT_LOGGER_NAME).info(event, extra={"fields": {"event": event, **fields}})
