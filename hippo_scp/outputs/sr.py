@@ -1,0 +1,162 @@
+"""Comprehensive 3D SR with a TID 1500 Measurement Report of hippocampus volumes.
+
+One TID 1411 volumetric group per structure (anterior, posterior, whole). Each group references
+the SEG segment(s) it was measured on plus the source images, so a viewer (OHIF's measurement
+tracking, dcmqi, ...) can load the report together with the segmentation, and each volume can be
+re-derived from the SEG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+
+from hippo_scp.outputs.identity import (
+    ANATOMICAL_STRUCTURE,
+    ANTERIOR_STRUCTURE,
+    DEVICE_OBSERVER_UID,
+    HIPPOCAMPUS,
+    POSTERIOR_STRUCTURE,
+    SR_SERIES_DESCRIPTION,
+    SR_SERIES_NUMBER,
+    WHOLE_STRUCTURE,
+    OutputIdentity,
+    StructureCode,
+    reference_header,
+)
+from hippo_scp.pipeline.measurement import HippocampusVolumes
+
+
+def _observation_context(identity: OutputIdentity) -> hd.sr.ObservationContext:
+    """Device observer = this software; its model name carries algorithm + model version."""
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=DEVICE_OBSERVER_UID,
+        name=identity.model_name,
+        manufacturer_name=identity.manufacturer,
+        model_name=f"{identity.algorithm_name} {identity.model_version}"[:64],
+        serial_number=identity.device_serial_number,
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=device,
+        )
+    )
+
+
+def _group(
+    structure: StructureCode,
+    volume_mm3: float,
+    segment_numbers: list[int],
+    seg: Dataset,
+    source_datasets: Sequence[Dataset],
+    identity: OutputIdentity,
+    tracking_uid: str,
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    source_images = [
+        hd.sr.SourceImageForSegmentation(
+            referenced_sop_class_uid=ds.SOPClassUID,
+            referenced_sop_instance_uid=ds.SOPInstanceUID,
+        )
+        for ds in source_datasets
+    ]
+    referenced_segment = hd.sr.ReferencedSegment(
+        sop_class_uid=seg.SOPClassUID,
+        sop_instance_uid=seg.SOPInstanceUID,
+        # The whole hippocampus references both segments (ReferencedSegmentNumber is 1-n).
+        segment_number=segment_numbers[0] if len(segment_numbers) == 1 else segment_numbers,  # type: ignore[arg-type]
+        source_images=source_images,
+    )
+    finding_site = hd.sr.FindingSite(
+        anatomic_location=HIPPOCAMPUS,
+        topographical_modifier=structure.modifier,
+    )
+    measurement = hd.sr.Measurement(
+        name=codes.SCT.Volume,
+        value=float(volume_mm3),
+        unit=codes.UCUM.CubicMillimeter,
+        method=codes.DCM.SumOfSegmentedVoxelMethodForVolume,
+        algorithm_id=identity.sr_algorithm_identification(),
+    )
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=structure.name),
+        referenced_segment=referenced_segment,
+        finding_type=HIPPOCAMPUS,
+        finding_category=ANATOMICAL_STRUCTURE,
+        algorithm_id=identity.sr_algorithm_identification(),
+        finding_sites=[finding_site],
+        measurements=[measurement],
+    )
+
+
+def build_volume_sr(
+    source_datasets: Sequence[Dataset],
+    seg: Dataset,
+    volumes: HippocampusVolumes,
+    identity: OutputIdentity,
+    *,
+    tracking_uids: dict[int, str],
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """Build the SR for ``volumes`` measured on ``seg`` (built from ``source_datasets``).
+
+    ``tracking_uids`` maps label (1 anterior, 2 posterior, 0 whole) -> tracking UID; labels 1
+    and 2 must be the ones written into the SEG segment descriptions.
+    """
+    headers = [reference_header(ds) for ds in source_datasets]
+    groups = [
+        _group(
+            ANTERIOR_STRUCTURE,
+            volumes.anterior_mm3,
+            [ANTERIOR_STRUCTURE.label],
+            seg,
+            headers,
+            identity,
+            tracking_uids[ANTERIOR_STRUCTURE.label],
+        ),
+        _group(
+            POSTERIOR_STRUCTURE,
+            volumes.posterior_mm3,
+            [POSTERIOR_STRUCTURE.label],
+            seg,
+            headers,
+            identity,
+            tracking_uids[POSTERIOR_STRUCTURE.label],
+        ),
+        _group(
+            WHOLE_STRUCTURE,
+            volumes.total_mm3,
+            [ANTERIOR_STRUCTURE.label, POSTERIOR_STRUCTURE.label],
+            seg,
+            headers,
+            identity,
+            tracking_uids[WHOLE_STRUCTURE.label],
+        ),
+    ]
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(identity),
+        procedure_reported=codes.cid100.MRIUnspecifiedBodyRegion,
+        imaging_measurements=groups,
+        referenced_images=headers,
+    )
+    return hd.sr.Comprehensive3DSR(
+        # First item: patient/study modules are copied from it (header copy with Type 2 set).
+        evidence=[*headers, seg],
+        content=report[0],
+        series_instance_uid=series_instance_uid or hd.UID(),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=sop_instance_uid or hd.UID(),
+        instance_number=1,
+        manufacturer=identity.manufacturer,
+        is_complete=True,
+        is_final=False,
+        series_description=SR_SERIES_DESCRIPTION,
+        manufacturer_model_name=identity.model_name,
+        software_versions=identity.software_versions,
+        device_serial_number=identity.device_serial_number,
+        contributing_equipment=identity.contributing_equipment(),
+    )
