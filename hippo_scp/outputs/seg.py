@@ -43,7 +43,8 @@ def _segment_description(
     modifier: Code | None = structure.modifier
     if modifier is not None:
         # Segmented Property Type Modifier (Segment Description macro): SNOMED anterior/posterior.
-        description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+        property_type = description.SegmentedPropertyTypeCodeSequence[0]
+        property_type.SegmentedPropertyTypeModifierCodeSequence = [
             hd.sr.CodedConcept.from_code(modifier)
         ]
     return description

@@ -1,0 +1,363 @@
+"""The one-page visual report: rendered with Pillow, stored as an RGB Secondary Capture.
+
+The page is for a reader scrolling through a study in OHIF, so it must be legible at a glance
+at typical viewport sizes: large type, one volume table, a montage of the slices with coloured
+contours of both labels, the QC flags and an explicit "NOT FOR DIAGNOSTIC USE" line.
+
+Fonts are shipped with the package (DejaVu Sans, ``outputs/fonts``) so the image renders the
+same on every host, whatever fonts the container has; Pillow's built-in bitmap font would be
+unreadable at this size.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+
+import highdicom as hd
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import PersonName
+from scipy import ndimage
+
+from hippo_scp.outputs.identity import (
+    ANTERIOR_STRUCTURE,
+    NOT_FOR_DIAGNOSTIC_USE,
+    POSTERIOR_STRUCTURE,
+    REPORT_SERIES_DESCRIPTION,
+    REPORT_SERIES_NUMBER,
+    OutputIdentity,
+    reference_header,
+)
+from hippo_scp.pipeline.measurement import HippocampusVolumes
+
+WIDTH = 1024
+HEIGHT = 1024
+MONTAGE_COLUMNS = 6
+MONTAGE_ROWS = 2
+
+_BACKGROUND = (18, 20, 24)
+_PANEL = (34, 38, 46)
+_TEXT = (235, 235, 235)
+_MUTED = (160, 166, 176)
+_WARN = (255, 196, 0)
+_OK = (110, 200, 120)
+_ALERT_BG = (170, 20, 30)
+
+
+@lru_cache(maxsize=16)
+def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
+    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+    path = resources.files("hippo_scp.outputs") / "fonts" / name
+    with resources.as_file(path) as real_path:
+        return ImageFont.truetype(str(real_path), size)
+
+
+@dataclass(frozen=True)
+class ReportContent:
+    """Everything printed on the page (kept apart from rendering so it can be unit-tested)."""
+
+    patient_name: str
+    patient_id: str
+    patient_age: str
+    patient_sex: str
+    study_date: str
+    series_description: str
+    volumes: HippocampusVolumes
+    qc_flags: Sequence[str]
+    model_version: str
+    weights_sha256: str
+    software_version: str
+    generated: str = field(
+        default_factory=lambda: datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    )
+
+
+def _person_name(value: object) -> str:
+    """Readable "FAMILY, Given" from a PN; prefers the alphabetic group (the shipped font has
+    Latin, Greek and Cyrillic glyphs but no CJK ideographs)."""
+    if value is None or str(value) == "":
+        return "not recorded"
+    pn = value if isinstance(value, PersonName) else PersonName(str(value))
+    group = pn.alphabetic or pn.ideographic or pn.phonetic or str(pn)
+    parts = [p.strip() for p in str(group).split("^")]
+    family = parts[0] if parts else ""
+    given = " ".join(p for p in parts[1:3] if p)
+    return f"{family}, {given}" if family and given else (family or given or str(pn))
+
+
+def _age(value: object) -> str:
+    text = str(value or "").strip()
+    if len(text) == 4 and text[:3].isdigit() and text[3] in "DWMY":
+        unit = {"D": "days", "W": "weeks", "M": "months", "Y": "years"}[text[3]]
+        return f"{int(text[:3])} {unit}"
+    return text or "not recorded"
+
+
+def _sex(value: object) -> str:
+    text = str(value or "").strip().upper()
+    return {"M": "male", "F": "female", "O": "other"}.get(text, text or "not recorded")
+
+
+def _date(value: object) -> str:
+    text = str(value or "").strip()
+    if len(text) == 8 and text.isdigit():
+        return f"{text[:4]}-{text[4:6]}-{text[6:]}"
+    return text or "not recorded"
+
+
+def report_content_from_dataset(
+    source: Dataset,
+    volumes: HippocampusVolumes,
+    qc_flags: Sequence[str],
+    identity: OutputIdentity,
+) -> ReportContent:
+    """Collect the printed fields from the source header (identifiers are printed on purpose:
+    a report that does not say whose it is cannot be checked against the images)."""
+    return ReportContent(
+        patient_name=_person_name(source.get("PatientName")),
+        patient_id=str(source.get("PatientID") or "not recorded"),
+        patient_age=_age(source.get("PatientAge")),
+        patient_sex=_sex(source.get("PatientSex")),
+        study_date=_date(source.get("StudyDate")),
+        series_description=str(source.get("SeriesDescription") or ""),
+        volumes=volumes,
+        qc_flags=tuple(qc_flags),
+        model_version=identity.model_version,
+        weights_sha256=identity.weights_sha256,
+        software_version=identity.software_version,
+    )
+
+
+def _window(frames: np.ndarray) -> np.ndarray:
+    """Robust 0.5-99.5 percentile window to uint8 (the crop has no reliable WindowCenter)."""
+    data = frames.astype(np.float32)
+    lo, hi = np.percentile(data, [0.5, 99.5]) if data.size else (0.0, 1.0)
+    if hi <= lo:
+        hi = lo + 1.0
+    return (np.clip((data - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _pick_slices(label_frames: np.ndarray, count: int) -> list[int]:
+    """Evenly spaced slices over the labelled extent (all slices when nothing is labelled)."""
+    labelled = np.flatnonzero(label_frames.reshape(label_frames.shape[0], -1).any(axis=1))
+    first, last = (
+        (int(labelled[0]), int(labelled[-1])) if labelled.size else (0, label_frames.shape[0] - 1)
+    )
+    picks = np.linspace(first, last, num=min(count, last - first + 1))
+    return sorted({int(round(p)) for p in picks})
+
+
+def _tile(
+    image: np.ndarray, labels: np.ndarray, width: int, height: int
+) -> tuple[Image.Image, int, int]:
+    """One montage tile: greyscale slice scaled to fit, with 2-px contours of both labels."""
+    rows, cols = image.shape
+    scale = max(1, min(width // cols, height // rows))
+    big = np.kron(image, np.ones((scale, scale), dtype=np.uint8))
+    rgb = np.repeat(big[:, :, None], 3, axis=2)
+    for structure in (ANTERIOR_STRUCTURE, POSTERIOR_STRUCTURE):
+        mask = np.kron(labels == structure.label, np.ones((scale, scale), dtype=bool))
+        if not mask.any():
+            continue
+        edge = mask & ~ndimage.binary_erosion(mask, iterations=2, border_value=0)
+        rgb[edge] = structure.rgb
+    tile = Image.fromarray(rgb, mode="RGB")
+    return tile, tile.width, tile.height
+
+
+def render_report(
+    content: ReportContent, image_frames: np.ndarray, label_frames: np.ndarray
+) -> np.ndarray:
+    """Render the page; returns an ``(HEIGHT, WIDTH, 3)`` uint8 RGB array.
+
+    ``image_frames`` and ``label_frames`` are ``(Z, Rows, Columns)`` in source layout (frame k
+    looks like the k-th slice in a viewer).
+    """
+    page = Image.new("RGB", (WIDTH, HEIGHT), _BACKGROUND)
+    draw = ImageDraw.Draw(page)
+    v = content.volumes
+
+    # Title bar with the disclaimer on the right, in red, where the eye lands first.
+    draw.rectangle([0, 0, WIDTH, 64], fill=_PANEL)
+    draw.text((24, 14), "HippoAI  Hippocampus volumetry", font=_font(30, True), fill=_TEXT)
+    banner = NOT_FOR_DIAGNOSTIC_USE
+    bw = draw.textlength(banner, font=_font(22, True))
+    draw.rectangle([WIDTH - bw - 44, 12, WIDTH - 16, 52], fill=_ALERT_BG)
+    draw.text((WIDTH - bw - 30, 18), banner, font=_font(22, True), fill=(255, 255, 255))
+
+    # Patient block (left).
+    y = 84
+    label_font, value_font = _font(19), _font(23, True)
+    for label, value in (
+        ("Patient", content.patient_name),
+        ("Patient ID", content.patient_id),
+        ("Age / Sex", f"{content.patient_age} / {content.patient_sex}"),
+        ("Study date", content.study_date),
+        ("Series", content.series_description or "-"),
+    ):
+        draw.text((24, y + 3), label, font=label_font, fill=_MUTED)
+        draw.text((150, y), _fit(draw, value, value_font, 330), font=value_font, fill=_TEXT)
+        y += 38
+
+    # Volume table (right).
+    x0, y = 500, 84
+    head_font, cell_font, big_font = _font(18, True), _font(23), _font(25, True)
+    draw.text((x0 + 30, y), "Structure", font=head_font, fill=_MUTED)
+    draw.text((x0 + 280, y), "Volume mm³", font=head_font, fill=_MUTED)
+    draw.text((x0 + 420, y), "Share", font=head_font, fill=_MUTED)
+    y += 34
+    rows = (
+        ("Anterior", v.anterior_mm3, v.anterior_share, ANTERIOR_STRUCTURE.rgb),
+        ("Posterior", v.posterior_mm3, v.posterior_share, POSTERIOR_STRUCTURE.rgb),
+    )
+    for name, mm3, share, colour in rows:
+        draw.rectangle([x0, y + 6, x0 + 18, y + 24], fill=colour)
+        draw.text((x0 + 30, y), name, font=cell_font, fill=_TEXT)
+        _right(draw, x0 + 395, y, f"{mm3:,.0f}", big_font, _TEXT)
+        _right(draw, x0 + 500, y, f"{share * 100:.0f} %", cell_font, _TEXT)
+        y += 42
+    draw.line([x0, y, x0 + 500, y], fill=_MUTED, width=1)
+    y += 8
+    draw.text((x0 + 30, y), "Total", font=_font(23, True), fill=_TEXT)
+    _right(draw, x0 + 395, y, f"{v.total_mm3:,.0f}", _font(27, True), _TEXT)
+    _right(draw, x0 + 500, y, "100 %", cell_font, _TEXT)
+    y += 44
+    draw.text(
+        (x0, y),
+        f"{v.total_voxels:,} voxels x {v.voxel_volume_mm3:.3g} mm³",
+        font=_font(16),
+        fill=_MUTED,
+    )
+
+    # Montage.
+    top = 300
+    draw.text(
+        (24, top),
+        "Slices with contours:  orange = anterior,  blue = posterior",
+        font=_font(19),
+        fill=_MUTED,
+    )
+    top += 30
+    cell_w, cell_h = (WIDTH - 48) // MONTAGE_COLUMNS, 190
+    shown = _window(image_frames)
+    for i, k in enumerate(_pick_slices(label_frames, MONTAGE_COLUMNS * MONTAGE_ROWS)):
+        r, c = divmod(i, MONTAGE_COLUMNS)
+        tile, tw, th = _tile(shown[k], label_frames[k], cell_w - 8, cell_h - 26)
+        cx = 24 + c * cell_w + (cell_w - tw) // 2
+        cy = top + r * cell_h
+        page.paste(tile, (cx, cy))
+        draw.text(
+            (24 + c * cell_w + 4, cy + th + 2),
+            f"slice {k + 1}/{label_frames.shape[0]}",
+            font=_font(14),
+            fill=_MUTED,
+        )
+
+    # QC flags.
+    y = top + MONTAGE_ROWS * cell_h + 10
+    draw.rectangle([16, y, WIDTH - 16, y + 150], fill=_PANEL)
+    if content.qc_flags:
+        draw.text((32, y + 10), "QC flags", font=_font(22, True), fill=_WARN)
+        fy = y + 44
+        for flag in list(content.qc_flags)[:4]:
+            draw.text((44, fy), f"!  {flag}", font=_font(20), fill=_WARN)
+            fy += 26
+    else:
+        draw.text((32, y + 10), "QC: no flags raised", font=_font(22, True), fill=_OK)
+        draw.text(
+            (32, y + 44),
+            "Both labels present, total volume within the training range.",
+            font=_font(19),
+            fill=_MUTED,
+        )
+
+    # Footer: provenance and the disclaimer again.
+    y = HEIGHT - 88
+    draw.text(
+        (24, y),
+        f"Model {content.model_version}   weights sha256 {content.weights_sha256[:16]}   "
+        f"{content.software_version}   generated {content.generated}",
+        font=_font(15),
+        fill=_MUTED,
+    )
+    draw.rectangle([0, HEIGHT - 56, WIDTH, HEIGHT], fill=_ALERT_BG)
+    footer = f"{NOT_FOR_DIAGNOSTIC_USE}  -  research software, results need review by a reader"
+    fw = draw.textlength(footer, font=_font(21, True))
+    draw.text(((WIDTH - fw) / 2, HEIGHT - 44), footer, font=_font(21, True), fill=(255, 255, 255))
+    return np.asarray(page, dtype=np.uint8).copy()
+
+
+def _right(
+    draw: ImageDraw.ImageDraw,
+    x_right: float,
+    y: float,
+    text: str,
+    font: ImageFont.FreeTypeFont,
+    fill: tuple[int, int, int],
+) -> None:
+    draw.text((x_right - draw.textlength(text, font=font), y), text, font=font, fill=fill)
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont, width: int) -> str:
+    """Truncate with an ellipsis so long names do not run into the volume table."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """PNG encoding of the rendered page (written next to the DICOM files by ``analyze``)."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def build_report_sc(
+    source: Dataset,
+    rgb: np.ndarray,
+    identity: OutputIdentity,
+    *,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> hd.sc.SCImage:
+    """Wrap the rendered page as an RGB Secondary Capture in the source study.
+
+    ``BurnedInAnnotation`` is YES: the page carries the patient's name and ID, and
+    de-identification tools rely on this flag to know the pixels need scrubbing.
+    """
+    header = reference_header(source)
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=header,
+        pixel_array=np.ascontiguousarray(rgb, dtype=np.uint8),
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=series_instance_uid or hd.UID(),
+        series_number=REPORT_SERIES_NUMBER,
+        sop_instance_uid=sop_instance_uid or hd.UID(),
+        instance_number=1,
+        manufacturer=identity.manufacturer,
+        patient_orientation=("L", "P"),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        contributing_equipment=identity.contributing_equipment(),
+        series_description=REPORT_SERIES_DESCRIPTION,
+        manufacturer_model_name=identity.model_name,
+        software_versions=identity.software_versions,
+        device_serial_number=identity.device_serial_number,
+    )
+    # from_ref_dataset copies a fixed subset; copy the complete Patient / Study modules as the
+    # SEG and SR do (PatientAge, StudyDescription, ...), so all three objects agree.
+    sc.copy_patient_and_study_information(header)
+    sc.BurnedInAnnotation = "YES"
+    sc.RecognizableVisualFeatures = "NO"
+    sc.ImageComments = NOT_FOR_DIAGNOSTIC_USE
+    return sc
