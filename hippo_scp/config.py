@@ -134,6 +134,23 @@ class TriggerSection(_Strict):
     settle_seconds: float = Field(3.0, ge=0)
     analyze_on_release: bool = True
     reanalyze_unchanged: bool = False
+    release_grace_seconds: float = Field(
+        1.0,
+        ge=0,
+        description=(
+            "After a release that carried a whole series, wait this long (capped at "
+            "settle_seconds) before analysing: a sender that opens one association per "
+            "instance shows itself within it, and its series then waits for the settle window"
+        ),
+    )
+    retain_analysed_seconds: float = Field(
+        300.0,
+        ge=0,
+        description=(
+            "Keep an analysed series in memory this long after its last instance so late or "
+            "repeated instances merge into it instead of starting a partial series"
+        ),
+    )
 
 
 class LimitsSection(_Strict):

@@ -1,0 +1,522 @@
+"""In-memory series store: files received instances by series and decides when one is complete.
+
+The C-STORE handler calls :meth:`SeriesStore.offer` for every instance and answers the sender
+with what it returns; the association handlers call :meth:`association_released` /
+:meth:`association_aborted` / :meth:`association_closed`; the analysis worker calls
+:meth:`wait_ready` and gets :class:`SeriesJob` objects. Everything is O(1) per instance under one
+lock, so the network threads never wait on anything slow (no decoding, no hashing here).
+
+Trigger rules (why they are what they are):
+
+* Instances are *pending* while the association that carried them is open, and *committed*
+  when it is released. An aborted association's pending instances are discarded: the sender
+  saw a failure and will send them again, so analysing them would risk a partial series.
+* On release, a series whose instances *all* came with that association (the usual
+  ``storescu +sd`` / PACS-router case) is due after a short grace period
+  (``triggers.release_grace_seconds``). The grace catches senders that open one association
+  per instance: if another association delivers to the series within it, the series switches
+  to the settle rule instead of being analysed one slice at a time.
+* A series spread over several associations is due once no open association holds pending
+  instances of it and it has been quiet for ``triggers.settle_seconds``.
+* A series is never dispatched twice for the same content (a version counter here; the
+  worker also compares a content fingerprint so a series re-sent after eviction is skipped
+  unless ``triggers.reanalyze_unchanged``).
+* Series that are not selected are remembered only as a decision (no bytes kept), so a
+  512x512 T1 series costs a dictionary entry, not its pixel data.
+* Byte limits (``limits``): an instance that would exceed the per-series or the total limit
+  is refused (the handler answers 0xA700) and its series is marked *overflowed*: it is
+  partial now, so its data is freed and it is never analysed; the entry is forgotten when the
+  associations that sent it end, so a retry starts clean. Analysed series kept for
+  de-duplication are evicted first when memory is short.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+
+LOGGER = logging.getLogger(__name__)
+
+#: (StudyInstanceUID, SeriesInstanceUID)
+SeriesKey = tuple[str, str]
+
+
+def series_label(series_uid: str) -> str:
+    """A short, stable, non-identifying name for a series in logs (hash of its UID)."""
+    return "s-" + hashlib.sha256(series_uid.encode("ascii", "replace")).hexdigest()[:10]
+
+
+class StoreOutcome(enum.Enum):
+    """What happened to an offered instance; the receiver maps it to a C-STORE status."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # same SOP Instance UID and bytes already held: acknowledged
+    IGNORED = "ignored"  # series not selected (or the node's own output): acknowledged
+    OUT_OF_RESOURCES = "out_of_resources"  # over a byte limit: 0xA700
+    INVALID = "invalid"  # missing Study/Series/SOP Instance UID: 0xC000-range failure
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedInstance:
+    """One received instance, still encoded: decoding is the worker's job, off the network."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    data: bytes  # the data set as received (deflate already undone), without File Meta
+    received_at: float
+
+
+@dataclass(slots=True)
+class SeriesJob:
+    """A series handed to the analysis worker: an immutable snapshot of its instances."""
+
+    key: SeriesKey
+    label: str
+    instances: list[ReceivedInstance]
+    version: int
+    trigger: str  # "release" or "settle"
+    receive_ms: float  # first instance of this content -> last instance
+    queued_at: float
+
+
+@dataclass(slots=True)
+class _SeriesEntry:
+    key: SeriesKey
+    label: str
+    committed: dict[str, ReceivedInstance] = field(default_factory=dict)
+    #: association id -> {SOP Instance UID: instance} not yet committed
+    pending: dict[int, dict[str, ReceivedInstance]] = field(default_factory=dict)
+    #: association id -> SOP Instance UIDs it delivered (new or duplicate), while it is open
+    delivered: dict[int, set[str]] = field(default_factory=dict)
+    nbytes: int = 0
+    version: int = 0
+    dispatched_version: int = 0
+    multi_association: bool = False
+    release_due: float | None = None
+    overflowed: bool = False
+    receive_started: float | None = None
+    last_activity: float = 0.0
+    last_received: float = 0.0
+
+    def has_pending(self) -> bool:
+        return any(self.pending.values())
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """The trigger and limit settings the store needs (a subset of ``NodeConfig``)."""
+
+    settle_seconds: float = 3.0
+    release_grace_seconds: float = 1.0
+    analyze_on_release: bool = True
+    reanalyze_unchanged: bool = False
+    retain_analysed_seconds: float = 300.0
+    max_series_bytes: int = 512 * 1024**2
+    max_total_bytes: int = 2 * 1024**3
+    max_remembered_series: int = 10_000
+
+    @classmethod
+    def from_config(cls, config: object) -> StoreSettings:
+        """Build from a :class:`hippo_scp.config.NodeConfig` (typed loosely to avoid a cycle)."""
+        triggers = config.triggers  # type: ignore[attr-defined]
+        limits = config.limits  # type: ignore[attr-defined]
+        return cls(
+            settle_seconds=triggers.settle_seconds,
+            release_grace_seconds=triggers.release_grace_seconds,
+            analyze_on_release=triggers.analyze_on_release,
+            reanalyze_unchanged=triggers.reanalyze_unchanged,
+            retain_analysed_seconds=triggers.retain_analysed_seconds,
+            max_series_bytes=limits.max_series_bytes,
+            max_total_bytes=limits.max_total_bytes,
+        )
+
+
+#: Decides from a series' first instance whether it is analysed (selection + own-output check).
+DecideFn = Callable[[Dataset], bool]
+
+
+class SeriesStore:
+    """Thread-safe store of received series with the trigger rules described in the module."""
+
+    def __init__(
+        self,
+        settings: StoreSettings,
+        decide: DecideFn,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._decide = decide
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._entries: dict[SeriesKey, _SeriesEntry] = {}
+        #: series not analysed (decision remembered, no data), LRU-bounded
+        self._ignored: OrderedDict[SeriesKey, None] = OrderedDict()
+        #: association id -> series it has pending instances or deliveries in
+        self._associations: dict[int, set[SeriesKey]] = {}
+        #: series key -> content fingerprints already analysed (survives eviction), LRU-bounded
+        self._analysed: OrderedDict[SeriesKey, set[str]] = OrderedDict()
+        self._total_bytes = 0
+        self._grace = min(settings.release_grace_seconds, settings.settle_seconds)
+
+    # ------------------------------------------------------------------ network side
+    def offer(
+        self,
+        association_id: int,
+        header: Dataset,
+        payload: Callable[[], bytes],
+        payload_size: int,
+        transfer_syntax: str,
+    ) -> StoreOutcome:
+        """File one instance; O(1). ``payload`` is only called when the bytes are kept.
+
+        ``header`` is the instance parsed up to (not including) Pixel Data; it is used for the
+        UIDs and, for the first instance of a series, for the selection decision.
+        """
+        study_uid = str(header.get("StudyInstanceUID", "") or "")
+        series_uid = str(header.get("SeriesInstanceUID", "") or "")
+        sop_uid = str(header.get("SOPInstanceUID", "") or "")
+        if not (study_uid and series_uid and sop_uid):
+            return StoreOutcome.INVALID
+        key = (study_uid, series_uid)
+        now = self._clock()
+        with self._lock:
+            if key in self._ignored:
+                self._ignored.move_to_end(key)
+                return StoreOutcome.IGNORED
+            entry = self._entries.get(key)
+            if entry is None:
+                # Decide on the first instance; decide() only reads header attributes.
+                if not self._decide(header):
+                    self._ignored[key] = None
+                    while len(self._ignored) > self._settings.max_remembered_series:
+                        self._ignored.popitem(last=False)
+                    return StoreOutcome.IGNORED
+                entry = _SeriesEntry(key=key, label=series_label(series_uid))
+                self._entries[key] = entry
+            self._associations.setdefault(association_id, set()).add(key)
+            delivered = entry.delivered.setdefault(association_id, set())
+            if entry.overflowed:
+                return StoreOutcome.OUT_OF_RESOURCES
+            entry.last_activity = now
+            self._note_other_association(entry, association_id)
+
+            # A duplicate is acknowledged without keeping a second copy, but only against
+            # instances that cannot vanish: committed ones or this association's own (another
+            # open association's pending instance is lost if that association aborts).
+            existing = entry.committed.get(sop_uid) or entry.pending.get(association_id, {}).get(
+                sop_uid
+            )
+            data: bytes | None = None
+            if existing is not None and len(existing.data) == payload_size:
+                data = payload()
+                if data == existing.data:
+                    delivered.add(sop_uid)
+                    return StoreOutcome.DUPLICATE
+
+            if not self._reserve(entry, payload_size, now):
+                entry.overflowed = True
+                self._free_entry_data(entry)
+                return StoreOutcome.OUT_OF_RESOURCES
+            if data is None:
+                data = payload()
+            instance = ReceivedInstance(
+                sop_instance_uid=sop_uid,
+                sop_class_uid=str(header.get("SOPClassUID", "")),
+                transfer_syntax=str(transfer_syntax),
+                data=data,
+                received_at=now,
+            )
+            pending = entry.pending.setdefault(association_id, {})
+            replaced = pending.get(sop_uid)
+            if replaced is not None:
+                self._release_bytes(entry, len(replaced.data))
+            pending[sop_uid] = instance
+            delivered.add(sop_uid)
+            if entry.receive_started is None:
+                entry.receive_started = now
+            entry.last_received = now
+            return StoreOutcome.STORED
+
+    def association_released(self, association_id: int) -> None:
+        """Commit the association's instances and arm the release / settle triggers."""
+        now = self._clock()
+        with self._lock:
+            for key in self._associations.pop(association_id, set()):
+                entry = self._entries.get(key)
+                if entry is None:
+                    continue
+                pending = entry.pending.pop(association_id, {})
+                delivered = entry.delivered.pop(association_id, set())
+                if entry.overflowed:
+                    self._forget_overflowed(entry)
+                    continue
+                # The release itself is activity: quiet time (settle) counts from the end of
+                # the last association, not from its last instance.
+                entry.last_activity = now
+                changed = False
+                for sop_uid, instance in pending.items():
+                    old = entry.committed.get(sop_uid)
+                    if old is not None:
+                        self._release_bytes(entry, len(old.data))
+                        if old.data == instance.data:
+                            entry.committed[sop_uid] = instance
+                            continue
+                    entry.committed[sop_uid] = instance
+                    changed = True
+                if not changed and delivered and self._settings.reanalyze_unchanged:
+                    changed = entry.version == entry.dispatched_version
+                if changed:
+                    entry.version += 1
+                if not entry.committed:
+                    continue
+                carried_all = delivered.issuperset(entry.committed)
+                if (
+                    changed
+                    and carried_all
+                    and self._settings.analyze_on_release
+                    and not entry.multi_association
+                ):
+                    entry.release_due = now + self._grace
+                elif changed or not carried_all:
+                    entry.multi_association = entry.multi_association or not carried_all
+                    entry.release_due = None
+            self._changed.notify_all()
+
+    def association_aborted(self, association_id: int) -> None:
+        """Discard the association's pending instances: the sender will retry them."""
+        with self._lock:
+            discarded = 0
+            for key in self._associations.pop(association_id, set()):
+                entry = self._entries.get(key)
+                if entry is None:
+                    continue
+                pending = entry.pending.pop(association_id, {})
+                entry.delivered.pop(association_id, None)
+                for instance in pending.values():
+                    self._release_bytes(entry, len(instance.data))
+                discarded += len(pending)
+                if entry.overflowed:
+                    self._forget_overflowed(entry)
+                elif not entry.committed and not entry.has_pending():
+                    del self._entries[key]
+            if discarded:
+                LOGGER.warning(
+                    "association aborted: discarded %d unreleased instance(s); "
+                    "the sender is expected to retry",
+                    discarded,
+                )
+            self._changed.notify_all()
+
+    def association_closed(self, association_id: int) -> None:
+        """The connection closed: without a release before it, this counts as an abort."""
+        with self._lock:
+            open_still = association_id in self._associations
+        if open_still:
+            self.association_aborted(association_id)
+
+    # ------------------------------------------------------------------ worker side
+    def collect_ready(self, *, force_release_due: bool = False) -> list[SeriesJob]:
+        """Return the series due now (marking them dispatched) and evict stale ones.
+
+        ``force_release_due`` dispatches series waiting out the release grace immediately
+        (used at shutdown: their association was released, so they are complete).
+        """
+        now = self._clock()
+        with self._lock:
+            jobs: list[SeriesJob] = []
+            for entry in list(self._entries.values()):
+                if self._is_due(entry, now, force_release_due):
+                    jobs.append(self._dispatch(entry, now))
+                elif self._is_stale(entry, now):
+                    self._evict(entry)
+            return jobs
+
+    def next_deadline(self) -> float | None:
+        """Clock time at which something may become due (None: nothing is waiting)."""
+        with self._lock:
+            return self._next_deadline_locked()
+
+    def wait_ready(self, timeout: float) -> list[SeriesJob]:
+        """Block until a series is due (or ``timeout`` seconds pass); return the due series."""
+        with self._lock:
+            deadline = self._next_deadline_locked()
+            wait = timeout
+            if deadline is not None:
+                wait = max(0.0, min(timeout, deadline - self._clock()))
+            if wait > 0:
+                self._changed.wait(wait)
+        return self.collect_ready()
+
+    def wake(self) -> None:
+        """Wake a thread blocked in :meth:`wait_ready` (shutdown)."""
+        with self._lock:
+            self._changed.notify_all()
+
+    def was_analysed(self, key: SeriesKey, fingerprint: str) -> bool:
+        """Whether this exact content of the series has been analysed before."""
+        with self._lock:
+            return fingerprint in self._analysed.get(key, ())
+
+    def mark_analysed(self, key: SeriesKey, fingerprint: str) -> None:
+        """Record that this content has been analysed (or refused for good)."""
+        with self._lock:
+            self._analysed.setdefault(key, set()).add(fingerprint)
+            self._analysed.move_to_end(key)
+            while len(self._analysed) > self._settings.max_remembered_series:
+                self._analysed.popitem(last=False)
+
+    def release_grace_pending(self) -> bool:
+        """Whether some released series is waiting out its grace period (shutdown drain)."""
+        with self._lock:
+            return any(e.release_due is not None for e in self._entries.values())
+
+    def unanalysed_series(self) -> int:
+        """How many series hold content that has not been dispatched (shutdown report)."""
+        with self._lock:
+            return sum(
+                1
+                for e in self._entries.values()
+                if not e.overflowed
+                and (e.has_pending() or (e.committed and e.version != e.dispatched_version))
+            )
+
+    @property
+    def total_bytes(self) -> int:
+        with self._lock:
+            return self._total_bytes
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    # ------------------------------------------------------------------ internals
+    def _note_other_association(self, entry: _SeriesEntry, association_id: int) -> None:
+        """A delivery to a series waiting out its release grace comes from a *later*
+        association (the released one is closed): the sender spreads the series over
+        associations, so switch it to the settle rule instead of analysing it now."""
+        if entry.release_due is not None:
+            entry.release_due = None
+            entry.multi_association = True
+
+    def _is_due(self, entry: _SeriesEntry, now: float, force_release_due: bool) -> bool:
+        if entry.overflowed or not entry.committed or entry.has_pending():
+            return False
+        if entry.version == entry.dispatched_version:
+            return False
+        if entry.release_due is not None and (force_release_due or now >= entry.release_due):
+            return True
+        return now - entry.last_activity >= self._settings.settle_seconds
+
+    def _is_stale(self, entry: _SeriesEntry, now: float) -> bool:
+        return (
+            not entry.has_pending()
+            and not entry.delivered
+            and entry.version == entry.dispatched_version
+            and now - entry.last_activity >= self._settings.retain_analysed_seconds
+        )
+
+    def _dispatch(self, entry: _SeriesEntry, now: float) -> SeriesJob:
+        trigger = "release" if entry.release_due is not None else "settle"
+        started = entry.receive_started if entry.receive_started is not None else now
+        job = SeriesJob(
+            key=entry.key,
+            label=entry.label,
+            instances=list(entry.committed.values()),
+            version=entry.version,
+            trigger=trigger,
+            receive_ms=max(0.0, (entry.last_received - started) * 1000.0),
+            queued_at=now,
+        )
+        entry.dispatched_version = entry.version
+        entry.release_due = None
+        entry.multi_association = False
+        entry.receive_started = None
+        return job
+
+    def _next_deadline_locked(self) -> float | None:
+        deadlines: list[float] = []
+        for entry in self._entries.values():
+            if entry.overflowed or entry.has_pending() or not entry.committed:
+                continue
+            if entry.version != entry.dispatched_version:
+                if entry.release_due is not None:
+                    deadlines.append(entry.release_due)
+                deadlines.append(entry.last_activity + self._settings.settle_seconds)
+            else:
+                deadlines.append(entry.last_activity + self._settings.retain_analysed_seconds)
+        return min(deadlines) if deadlines else None
+
+    def _reserve(self, entry: _SeriesEntry, size: int, now: float) -> bool:
+        if entry.nbytes + size > self._settings.max_series_bytes:
+            LOGGER.warning(
+                "series %s exceeds limits.max_series_bytes (%d bytes): refusing with 0xA700",
+                entry.label,
+                self._settings.max_series_bytes,
+            )
+            return False
+        if self._total_bytes + size > self._settings.max_total_bytes:
+            self._evict_for(size, keep=entry)
+        if self._total_bytes + size > self._settings.max_total_bytes:
+            LOGGER.warning(
+                "series %s refused with 0xA700: limits.max_total_bytes (%d bytes) reached",
+                entry.label,
+                self._settings.max_total_bytes,
+            )
+            return False
+        entry.nbytes += size
+        self._total_bytes += size
+        return True
+
+    def _release_bytes(self, entry: _SeriesEntry, size: int) -> None:
+        entry.nbytes -= size
+        self._total_bytes -= size
+
+    def _free_entry_data(self, entry: _SeriesEntry) -> None:
+        self._total_bytes -= entry.nbytes
+        entry.nbytes = 0
+        entry.committed.clear()
+        for pending in entry.pending.values():
+            pending.clear()
+        entry.release_due = None
+
+    def _forget_overflowed(self, entry: _SeriesEntry) -> None:
+        if entry.delivered:
+            return  # another association still sends it; forget when the last one ends
+        self._free_entry_data(entry)
+        self._entries.pop(entry.key, None)
+        LOGGER.warning(
+            "series %s not analysed: it exceeded a memory limit and is incomplete", entry.label
+        )
+
+    def _evict(self, entry: _SeriesEntry) -> None:
+        self._free_entry_data(entry)
+        self._entries.pop(entry.key, None)
+
+    def _evict_for(self, size: int, keep: _SeriesEntry) -> None:
+        """Free analysed series (kept only to merge late duplicates), oldest first."""
+        candidates = sorted(
+            (
+                e
+                for e in self._entries.values()
+                if e is not keep
+                and not e.has_pending()
+                and not e.delivered
+                and e.version == e.dispatched_version
+            ),
+            key=lambda e: e.last_activity,
+        )
+        for candidate in candidates:
+            if self._total_bytes + size <= self._settings.max_total_bytes:
+                break
+            self._evict(candidate)

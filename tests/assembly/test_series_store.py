@@ -1,0 +1,252 @@
+"""Series store trigger and limit rules, driven by a fake clock (no threads, no network)."""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+
+from hippo_scp.assembly.series_store import (
+    SeriesStore,
+    StoreOutcome,
+    StoreSettings,
+    series_label,
+)
+
+STUDY = "1.2.3"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def header(series: str, sop: str, description: str = "HippoCrop") -> Dataset:
+    ds = Dataset()
+    ds.StudyInstanceUID = STUDY
+    ds.SeriesInstanceUID = series
+    ds.SOPInstanceUID = sop
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.SeriesDescription = description
+    return ds
+
+
+def make_store(clock: FakeClock, **overrides: object) -> SeriesStore:
+    settings = StoreSettings(
+        **{
+            "settle_seconds": 3.0,
+            "release_grace_seconds": 1.0,
+            "retain_analysed_seconds": 60.0,
+            "max_series_bytes": 1000,
+            "max_total_bytes": 2000,
+            **overrides,
+        }
+    )
+    return SeriesStore(settings, lambda ds: ds.SeriesDescription == "HippoCrop", clock=clock)
+
+
+def offer(
+    store: SeriesStore, assoc: int, series: str, sop: str, data: bytes = b"x" * 100, **kw: str
+) -> StoreOutcome:
+    return store.offer(
+        assoc, header(series, sop, **kw), lambda: data, len(data), "1.2.840.10008.1.2.1"
+    )
+
+
+def test_release_of_whole_series_triggers_after_grace() -> None:
+    clock = FakeClock()
+    store = make_store(clock)
+    for i in range(5):
+        assert offer(store, 1, "9.1", f"9.1.{i}") is StoreOutcome.STORED
+    assert store.collect_ready() == []  # still open: nothing is due
+    clock.advance(10)
+    assert store.collect_ready() == []  # open associations never settle
+    store.association_released(1)
+    assert store.collect_ready() == []  # grace period
+    clock.advance(1.0)
+    jobs = store.collect_ready()
+    assert len(jobs) == 1
+    assert jobs[0].trigger == "release"
+    assert len(jobs[0].instances) == 5
+    assert jobs[0].label == series_label("9.1")
+    clock.advance(100)
+    assert store.collect_ready() == []  # never twice for the same content
+
+
+def test_one_instance_per_association_waits_for_settle() -> None:
+    clock = FakeClock()
+    store = make_store(clock)
+    for i in range(6):
+        offer(store, 10 + i, "9.2", f"9.2.{i}")
+        store.association_released(10 + i)
+        clock.advance(0.2)
+        assert store.collect_ready() == []
+    clock.advance(2.0)
+    assert store.collect_ready() == []  # 2.2 s quiet < 3 s settle
+    clock.advance(1.0)
+    jobs = store.collect_ready()
+    assert [len(j.instances) for j in jobs] == [6]
+    assert jobs[0].trigger == "settle"
+
+
+def test_aborted_association_is_discarded_and_retry_is_analysed_once() -> None:
+    clock = FakeClock()
+    store = make_store(clock)
+    offer(store, 1, "9.3", "9.3.1")
+    offer(store, 1, "9.3", "9.3.2")
+    store.association_aborted(1)
+    assert store.total_bytes == 0
+    clock.advance(10)
+    assert store.collect_ready() == []
+    offer(store, 2, "9.3", "9.3.1")
+    offer(store, 2, "9.3", "9.3.2")
+    store.association_released(2)
+    clock.advance(1)
+    assert [len(j.instances) for j in store.collect_ready()] == [2]
+
+
+def test_connection_closed_without_release_counts_as_abort() -> None:
+    clock = FakeClock()
+    store = make_store(clock)
+    offer(store, 1, "9.4", "9.4.1")
+    store.association_closed(1)
+    assert store.total_bytes == 0 and len(store) == 0
+    offer(store, 2, "9.4", "9.4.1")
+    store.association_released(2)
+    store.association_closed(2)  # after a release: nothing to discard
+    clock.advance(1)
+    assert len(store.collect_ready()) == 1
+
+
+def test_not_selected_series_keeps_no_bytes() -> None:
+    clock = FakeClock()
+    store = make_store(clock)
+    for i in range(50):
+        assert offer(store, 1, "8.1", f"8.1.{i}", description="T1post") is StoreOutcome.IGNORED
+    assert store.total_bytes == 0
+    store.association_released(1)
+    clock.advance(10)
+    assert store.collect_ready() == []
+
+
+def test_duplicates_are_acknowledged_and_unchanged_resend_is_not_reanalysed() -> None:
+    clock = FakeClock()
+    store = make_store(clock)
+    offer(store, 1, "9.5", "9.5.1")
+    assert offer(store, 1, "9.5", "9.5.1") is StoreOutcome.DUPLICATE
+    store.association_released(1)
+    clock.advance(1)
+    assert len(store.collect_ready()) == 1
+    # the same series again, unchanged
+    assert offer(store, 2, "9.5", "9.5.1") is StoreOutcome.DUPLICATE
+    store.association_released(2)
+    clock.advance(10)
+    assert store.collect_ready() == []
+    # a changed series (one more instance) is analysed again, with all instances
+    offer(store, 3, "9.5", "9.5.2")
+    store.association_released(3)
+    clock.advance(1)
+    assert store.collect_ready() == []  # not carried whole by one association: settle rule
+    clock.advance(2)
+    assert [len(j.instances) for j in store.collect_ready()] == [2]
+
+
+def test_reanalyze_unchanged_when_configured() -> None:
+    clock = FakeClock()
+    store = make_store(clock, reanalyze_unchanged=True)
+    offer(store, 1, "9.6", "9.6.1")
+    store.association_released(1)
+    clock.advance(1)
+    assert len(store.collect_ready()) == 1
+    offer(store, 2, "9.6", "9.6.1")
+    store.association_released(2)
+    clock.advance(1)
+    assert len(store.collect_ready()) == 1
+
+
+def test_per_series_limit_refuses_and_never_analyses_partial() -> None:
+    clock = FakeClock()
+    store = make_store(clock)
+    outcomes = [offer(store, 1, "9.7", f"9.7.{i}", data=b"y" * 300) for i in range(5)]
+    assert outcomes[:3] == [StoreOutcome.STORED] * 3
+    assert outcomes[3:] == [StoreOutcome.OUT_OF_RESOURCES] * 2
+    assert store.total_bytes == 0  # the partial series was freed at once
+    # another series is unaffected
+    assert offer(store, 2, "9.8", "9.8.1") is StoreOutcome.STORED
+    store.association_released(1)
+    store.association_released(2)
+    clock.advance(10)
+    jobs = store.collect_ready()
+    assert [j.key[1] for j in jobs] == ["9.8"]
+    # a retry after the overflow starts clean (and overflows again with the same limit)
+    assert offer(store, 3, "9.7", "9.7.0", data=b"y" * 300) is StoreOutcome.STORED
+
+
+def test_total_limit_evicts_analysed_series_first() -> None:
+    clock = FakeClock()
+    store = make_store(clock)
+    for i in range(3):
+        offer(store, 1, "9.9", f"9.9.{i}", data=b"z" * 300)
+    store.association_released(1)
+    clock.advance(1)
+    assert len(store.collect_ready()) == 1  # analysed, still held (900 bytes)
+    for i in range(3):
+        assert offer(store, 2, "9.10", f"9.10.{i}", data=b"w" * 300) is StoreOutcome.STORED
+    # 1800 held; the next needs the analysed series' bytes: it is evicted, not refused
+    assert offer(store, 3, "9.11", "9.11.0", data=b"v" * 300) is StoreOutcome.STORED
+    assert store.total_bytes == 1200
+    # unanalysed series are never evicted: now the total limit refuses
+    offer(store, 3, "9.11", "9.11.1", data=b"v" * 300)
+    offer(store, 3, "9.11", "9.11.2", data=b"v" * 300)
+    assert offer(store, 4, "9.12", "9.12.0", data=b"u" * 300) is StoreOutcome.OUT_OF_RESOURCES
+
+
+def test_analysed_series_is_evicted_after_retention_and_fingerprint_remembered() -> None:
+    clock = FakeClock()
+    store = make_store(clock)
+    offer(store, 1, "9.13", "9.13.1")
+    store.association_released(1)
+    clock.advance(1)
+    (job,) = store.collect_ready()
+    store.mark_analysed(job.key, "fp1")
+    clock.advance(61)
+    store.collect_ready()
+    assert len(store) == 0 and store.total_bytes == 0
+    assert store.was_analysed(job.key, "fp1")
+    assert not store.was_analysed(job.key, "fp2")
+
+
+def test_two_concurrent_associations_wait_for_both() -> None:
+    clock = FakeClock()
+    store = make_store(clock)
+    offer(store, 1, "9.14", "9.14.1")
+    offer(store, 2, "9.14", "9.14.2")
+    store.association_released(1)
+    clock.advance(5)
+    assert store.collect_ready() == []  # association 2 still holds pending instances
+    store.association_released(2)
+    clock.advance(2.9)
+    assert store.collect_ready() == []
+    clock.advance(0.2)
+    assert [len(j.instances) for j in store.collect_ready()] == [2]
+
+
+def test_missing_uids_are_invalid() -> None:
+    store = make_store(FakeClock())
+    ds = Dataset()
+    ds.SOPInstanceUID = "1"
+    assert store.offer(1, ds, lambda: b"", 0, "1.2.840.10008.1.2") is StoreOutcome.INVALID
+
+
+def test_next_deadline_tracks_grace_and_settle() -> None:
+    clock = FakeClock()
+    store = make_store(clock)
+    assert store.next_deadline() is None
+    offer(store, 1, "9.15", "9.15.1")
+    assert store.next_deadline() is None  # pending: only a release can make it due
+    store.association_released(1)
+    assert store.next_deadline() == clock.now + 1.0
