@@ -1,0 +1,85 @@
+-- route_dicoms.lua: Orthanc -> hippo-scp routing, ONE association per series.
+--
+-- Every series that becomes stable (no new instance for "StableAge" seconds, see orthanc.json)
+-- is sent to the DICOM modality "hippoai" (the hippo-scp node) as one C-STORE job, i.e. one
+-- association carrying exactly that series. The node's own results (SR / SEG / Secondary
+-- Capture report) are never routed back, so nothing loops.
+--
+-- Why this beats the course's per-instance routing (OnStoredInstance + SendToModality):
+--   * the node receives each series complete, in one association, and can analyse it as soon
+--     as the association is released -- no guessing whether more slices are still coming;
+--   * Orthanc 1.10 batches the per-instance Lua sends into whatever job is open, so under load
+--     one association ends up carrying instances of several series (and studies) mixed
+--     together, and a series may be split over several associations (the node then has to
+--     fall back on its --settle timer);
+--   * one job per series = one entry in /jobs to monitor or retry, instead of one per image;
+--   * loop protection is decided once per series, with the full instance metadata at hand.
+-- Measured on Orthanc 1.10.1 (see tests/deploy): per-series routing sends Study1's 5 series in
+-- 5 associations; per-instance routing sends them in 1 association mixing all 5 series.
+--
+-- Notes on the Orthanc 1.10 Lua API:
+--   * SendToModality() accepts instance IDs only: given a series ID it fails while the job
+--     still reports success. Hence the REST call /modalities/{id}/store below, which takes a
+--     series and sends all its instances in one association.
+--   * "Asynchronous": true returns at once with a job ID; the Lua thread is not blocked while
+--     the series travels (Orthanc serialises all Lua callbacks on one thread).
+
+local TARGET = 'hippoai'              -- key of the node in "DicomModalities"
+local OWN_MANUFACTURER = 'hippo-scp'  -- Manufacturer (0008,0070) of every result the node makes
+
+-- Modalities never worth sending to the node: structured reports, segmentations, key object
+-- selections and presentation states (the node analyses images only).
+local NON_IMAGE_MODALITIES = { SR = true, SEG = true, KO = true, PR = true, RTSTRUCT = true }
+
+local targetAet = nil
+
+local function TargetAet()
+  if targetAet == nil then
+    local ok, answer = pcall(RestApiGet, '/modalities/' .. TARGET .. '/configuration')
+    if ok and answer ~= nil and answer ~= '' then
+      targetAet = ParseJson(answer)['AET']
+    end
+  end
+  return targetAet
+end
+
+-- Returns a reason (string) when the series must not be routed, nil otherwise.
+local function ReasonNotToRoute(seriesId, tags)
+  if tags['Manufacturer'] == OWN_MANUFACTURER then
+    return 'Manufacturer is ' .. OWN_MANUFACTURER .. ' (a result of the node)'
+  end
+  local modality = tags['Modality'] or ''
+  if NON_IMAGE_MODALITIES[modality] then
+    return 'Modality ' .. modality .. ' is not an image'
+  end
+
+  local series = ParseJson(RestApiGet('/series/' .. seriesId))
+  local nodeAet = TargetAet()
+  for _, instanceId in ipairs(series['Instances']) do
+    local metadata = ParseJson(RestApiGet('/instances/' .. instanceId .. '/metadata?expand'))
+    -- RemoteAET is the calling AE title of the C-STORE that brought the instance in.
+    if nodeAet ~= nil and metadata['RemoteAET'] == nodeAet then
+      return 'instance ' .. instanceId .. ' was sent by the node (' .. nodeAet .. ')'
+    end
+    -- Instances created inside Orthanc (Lua, plugins such as STOW-RS) carry no RemoteAET; the
+    -- Manufacturer check above covers results uploaded that way.
+  end
+  return nil
+end
+
+function OnStableSeries(seriesId, tags, metadata)
+  local reason = ReasonNotToRoute(seriesId, tags)
+  local description = (tags['SeriesDescription'] or '') .. ' [' .. (tags['Modality'] or '?') .. ']'
+  if reason ~= nil then
+    print('route_dicoms: not routing series ' .. seriesId .. ' ' .. description .. ': ' .. reason)
+    return
+  end
+  local request = DumpJson({ Resources = { seriesId }, Asynchronous = true }, true)
+  local answer = RestApiPost('/modalities/' .. TARGET .. '/store', request)
+  if answer == nil or answer == '' then
+    print('route_dicoms: FAILED to queue series ' .. seriesId .. ' ' .. description .. ' -> ' .. TARGET)
+    return
+  end
+  print('route_dicoms: series ' .. seriesId .. ' ' .. description .. ' -> ' .. TARGET
+        .. ' (job ' .. tostring(ParseJson(answer)['ID']) .. ')')
+end

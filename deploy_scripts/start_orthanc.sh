@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Start Orthanc as a plain process with our own configuration (never the system service):
+# renders orthanc.json.template into $HIPPO_RUN_DIR/orthanc.json, loads the routing Lua script
+# ($ORTHANC_ROUTING: series | instance | none) and waits until REST and DICOM answer.
+# Ports and AE titles come from the environment (see common.sh).
+set -euo pipefail
+# shellcheck source=deploy_scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+[[ -x "$ORTHANC_BIN" ]] || die "$ORTHANC_BIN not found; run deploy_scripts/install.sh (apt package orthanc)"
+[[ -f "$ORTHANC_PLUGIN_DIR/libOrthancDicomWeb.so" ]] \
+  || die "$ORTHANC_PLUGIN_DIR/libOrthancDicomWeb.so not found; run deploy_scripts/install.sh (apt package orthanc-dicomweb)"
+need_cmd curl
+
+if pid="$(service_pid orthanc)"; then
+  log "Orthanc already runs from $HIPPO_RUN_DIR (PID $pid)"
+  exit 0
+fi
+fail_if_port_busy "$ORTHANC_HTTP_PORT" "Orthanc HTTP"
+fail_if_port_busy "$ORTHANC_DICOM_PORT" "Orthanc DICOM"
+
+case "$ORTHANC_ROUTING" in
+  series) lua="$DEPLOY_DIR/route_dicoms.lua" ;;
+  instance) lua="$DEPLOY_DIR/route_dicoms_per_instance.lua" ;;
+  none) lua="" ;;
+  *) die "ORTHANC_ROUTING must be series, instance or none (got '$ORTHANC_ROUTING')" ;;
+esac
+if [[ -n "$lua" ]]; then
+  ORTHANC_LUA_SCRIPTS="[\"$lua\"]"
+else
+  ORTHANC_LUA_SCRIPTS="[]"
+fi
+# Listen on every interface only when asked (docker-compose does); loopback otherwise.
+: "${ORTHANC_REMOTE_ACCESS:=false}"
+export ORTHANC_LUA_SCRIPTS ORTHANC_REMOTE_ACCESS
+
+mkdir -p "$ORTHANC_STORAGE_DIR"
+config="$HIPPO_RUN_DIR/orthanc.json"
+python3 "$DEPLOY_DIR/render_orthanc_config.py" "$DEPLOY_DIR/orthanc.json.template" "$config"
+
+# Orthanc's DICOM networking is dcmtk's: TCP_NODELAY=1 makes its C-STORE several times faster.
+start_service orthanc env TCP_NODELAY=1 "$ORTHANC_BIN" "$config"
+
+orthanc_ready() {
+  ensure_running orthanc
+  http_ok "$ORTHANC_URL/system" && port_open "$ORTHANC_DICOM_PORT"
+}
+if ! wait_until "$READY_TIMEOUT" "Orthanc on HTTP $ORTHANC_HTTP_PORT / DICOM $ORTHANC_DICOM_PORT" orthanc_ready; then
+  ensure_running orthanc
+  tail -n 30 "$(log_file orthanc)" >&2
+  die "Orthanc did not become ready"
+fi
+version="$(curl -fsS "$ORTHANC_URL/system" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Version"])')"
+log "Orthanc $version ready: AE $ORTHANC_AET, DICOM port $ORTHANC_DICOM_PORT, $ORTHANC_URL (DICOMweb $ORTHANC_URL/dicom-web), routing: $ORTHANC_ROUTING"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Stop what start_stack.sh (or the single start_*.sh scripts) started from this run folder:
+# OHIF server, hippo-scp node, Orthanc -- by the PIDs in $HIPPO_RUN_DIR/*.pid, never by name.
+# Orthanc's storage stays in $HIPPO_RUN_DIR/orthanc-storage; pass --purge to delete it too.
+set -euo pipefail
+# shellcheck source=deploy_scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+purge=false
+for arg in "$@"; do
+  case "$arg" in
+    --purge) purge=true ;;
+    -h | --help)
+      sed -n '2,4p' "$0"
+      exit 0
+      ;;
+    *) die "unknown option $arg" ;;
+  esac
+done
+
+for name in ohif hippo-scp orthanc; do
+  stop_service "$name"
+done
+if $purge; then
+  rm -rf "$ORTHANC_STORAGE_DIR"
+  log "deleted Orthanc storage $ORTHANC_STORAGE_DIR"
+fi
+log "stack in $HIPPO_RUN_DIR stopped"
