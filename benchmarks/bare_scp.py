@@ -1,0 +1,159 @@
+"""A bare pynetdicom Storage SCP with the receive-path knobs the node could turn.
+
+It is the node's receive path without the node (no selection, no analysis): what pynetdicom
+itself costs, and what each knob buys. Used by ``bench_node_tuning.py`` as a subprocess:
+
+    python -m benchmarks.bare_scp --port 11113 [--pdu 0] [--nodelay] [--fast-recv]
+        [--reactor-sleep 0.0001] [--keep raw|decode]
+
+Knobs (all off = pynetdicom 3.0 as shipped):
+
+- ``--pdu``: maximum PDU size we announce (pynetdicom default 16382; the node's config 131072).
+- ``--nodelay``: ``TCP_NODELAY`` on accepted sockets (Python leaves Nagle on).
+- ``--fast-recv``: ``AssociationSocket.recv`` reads with ``recv_into`` in one buffer instead of
+  4096-byte ``recv`` calls appended to a bytearray.
+- ``--reactor-sleep``: the sleep of the association reactor loop (pynetdicom: 1 ms per loop,
+  one DIMSE message per loop, so up to ~1 ms of latency per received instance).
+- ``--keep``: ``raw`` keeps the encoded dataset bytes; ``decode`` decodes it (``event.dataset``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import sys
+import threading
+
+
+def apply_fast_recv() -> None:
+    from pynetdicom import transport
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        buf = bytearray(nr_bytes)
+        view = memoryview(buf)
+        got = 0
+        while got < nr_bytes:
+            n = self.socket.recv_into(view[got:], nr_bytes - got)
+            if not n:
+                del view
+                return buf[:got]
+            got += n
+        del view
+        return buf
+
+    transport.AssociationSocket.recv = recv
+
+
+def apply_nodelay() -> None:
+    from pynetdicom import transport
+
+    original = transport.AssociationServer.get_request
+
+    def get_request(self):
+        sock, address = original(self)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, address
+
+    transport.AssociationServer.get_request = get_request
+
+
+def apply_reactor_sleep(seconds: float) -> None:
+    """Shorten the 1 ms ``time.sleep`` at the top of ``Association._run_reactor``."""
+    import time as _time
+
+    from pynetdicom import association
+
+    class _Time:
+        def __getattr__(self, name):
+            return getattr(_time, name)
+
+        @staticmethod
+        def sleep(value: float) -> None:
+            _time.sleep(seconds if value == 0.001 else value)
+
+    association.time = _Time()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="bare pynetdicom Storage SCP for benchmarks")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ae-title", default="BARESCP")
+    parser.add_argument("--pdu", type=int, default=None, help="max PDU (default pynetdicom's)")
+    parser.add_argument("--nodelay", action="store_true")
+    parser.add_argument("--fast-recv", action="store_true")
+    parser.add_argument("--reactor-sleep", type=float, default=None)
+    parser.add_argument("--keep", choices=["raw", "decode"], default="decode")
+    args = parser.parse_args(argv)
+
+    import logging
+
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pynetdicom.sop_class import Verification
+
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    if args.fast_recv:
+        apply_fast_recv()
+    if args.nodelay:
+        apply_nodelay()
+    if args.reactor_sleep is not None:
+        apply_reactor_sleep(args.reactor_sleep)
+
+    ae = AE(ae_title=args.ae_title)
+    ae.require_called_aet = False
+    if args.pdu is not None:
+        ae.maximum_pdu_size = args.pdu
+    ae.maximum_associations = 32
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TS)
+    ae.add_supported_context(Verification)
+    held: list[object] = []
+    lock = threading.Lock()
+
+    def on_store(event):
+        if args.keep == "decode":
+            item = event.dataset
+        else:
+            item = event.request.DataSet.getvalue()
+        with lock:
+            held.append(item)
+            if len(held) > 4096:
+                held.clear()
+        return 0x0000
+
+    def on_release(event):
+        with lock:
+            held.clear()
+
+    server = ae.start_server(
+        ("127.0.0.1", args.port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_RELEASED, on_release)],
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"bare_scp listening on {args.port}", flush=True)
+    stop.wait()
+    server.shutdown()
+    return 0
+
+
+ALL_TS = [
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.2",
+    "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.5",
+]
+
+if __name__ == "__main__":
+    sys.exit(main())
