@@ -111,10 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     lock = threading.Lock()
 
     def on_store(event):
-        if args.keep == "decode":
-            item = event.dataset
-        else:
-            item = event.request.DataSet.getvalue()
+        item = event.dataset if args.keep == "decode" else event.request.DataSet.getvalue()
         with lock:
             held.append(item)
             if len(held) > 4096:
