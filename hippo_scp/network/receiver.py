@@ -1,0 +1,309 @@
+"""The Storage SCP: a pynetdicom AE whose handlers only file instances and report events.
+
+Handlers run on the association's own thread and hold up the sender while they run, so each
+does O(1) work and hands off: EVT_C_STORE parses the header (not the pixel data), files the
+bytes in the :class:`~hippo_scp.assembly.series_store.SeriesStore` and returns a status;
+EVT_RELEASED / EVT_ABORTED / EVT_CONN_CLOSE tell the store the association ended. Analysis
+and delivery happen on other threads (``pipeline.worker``, ``network.sender``).
+
+Access control happens in EVT_REQUESTED (before negotiation) so one place decides, audits and
+answers with the A-ASSOCIATE-RJ reason PS3.8 defines: called AE title not recognised (0x07),
+calling AE title not recognised (0x03, also used for a known AE calling from a host it is not
+allowed to use).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import socket
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any
+
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag
+from pydicom.uid import UID, ExplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from hippo_scp.assembly.series_store import SeriesStore, StoreOutcome
+from hippo_scp.config import AccessSection, NodeConfig
+from hippo_scp.logging_setup import PATIENT_GUARD, audit_event
+from hippo_scp.network.presentation import supported_contexts
+
+LOGGER = logging.getLogger(__name__)
+
+#: C-STORE statuses (PS3.4 B.2.3).
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+#: A-ASSOCIATE-RJ (result, source, diagnostic): rejected-permanent, service-user.
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+
+_PIXEL_DATA = 0x7FE00010
+_ASSOCIATION_IDS = itertools.count(1)
+
+
+def _before_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag >= _PIXEL_DATA
+
+
+@dataclass(frozen=True)
+class AccessDecision:
+    allowed: bool
+    reason: str
+    reject: tuple[int, int, int] | None = None
+
+
+@dataclass
+class AccessPolicy:
+    """Who may associate: the called AE title, calling AE titles, and their hosts."""
+
+    own_ae_title: str
+    require_called_ae_title: bool = True
+    allowed_calling: set[str] = field(default_factory=set)
+    #: calling AE title -> hosts it may call from (empty set: any host)
+    peer_hosts: dict[str, set[str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, own_ae_title: str, access: AccessSection) -> AccessPolicy:
+        peer_hosts: dict[str, set[str]] = {}
+        for peer in access.allowed_peers:
+            peer_hosts.setdefault(peer.ae_title.strip(), set()).update(
+                h.strip() for h in peer.hosts
+            )
+        return cls(
+            own_ae_title=own_ae_title.strip(),
+            require_called_ae_title=access.require_called_ae_title,
+            allowed_calling={t.strip() for t in access.allowed_calling_ae_titles},
+            peer_hosts=peer_hosts,
+        )
+
+    def check(self, calling: str, called: str, address: str) -> AccessDecision:
+        calling, called = calling.strip(), called.strip()
+        if self.require_called_ae_title and called != self.own_ae_title:
+            return AccessDecision(False, "called AE title not recognised", REJECT_CALLED_AE)
+        restricted = bool(self.allowed_calling or self.peer_hosts)
+        if not restricted:
+            return AccessDecision(True, "accepted")
+        if calling in self.peer_hosts:
+            hosts = self.peer_hosts[calling]
+            if hosts and address not in hosts and not _resolves_to(hosts, address):
+                return AccessDecision(
+                    False, "calling AE title not allowed from this address", REJECT_CALLING_AE
+                )
+            return AccessDecision(True, "accepted")
+        if calling in self.allowed_calling:
+            return AccessDecision(True, "accepted")
+        return AccessDecision(False, "calling AE title not recognised", REJECT_CALLING_AE)
+
+
+def _resolves_to(hosts: set[str], address: str) -> bool:
+    """Whether a configured host *name* resolves to ``address`` (only asked on a mismatch)."""
+    for host in hosts:
+        try:
+            infos = socket.getaddrinfo(host, None)
+        except OSError:
+            continue
+        if any(info[4][0] == address for info in infos):
+            return True
+    return False
+
+
+def _association_id(assoc: Any) -> int:
+    """A process-unique id for an association (thread ids and ``id()`` can be reused)."""
+    ident = getattr(assoc, "_hippo_id", None)
+    if ident is None:
+        ident = next(_ASSOCIATION_IDS)
+        assoc._hippo_id = ident
+    return ident
+
+
+def _peer(assoc: Any) -> tuple[str, str, int | None]:
+    requestor = assoc.requestor
+    calling = requestor.ae_title
+    primitive = getattr(requestor, "primitive", None)
+    if not calling and primitive is not None:  # EVT_REQUESTED: not copied over yet
+        calling = primitive.calling_ae_title
+    try:
+        address, port = requestor.address, requestor.port
+    except (ValueError, AttributeError):
+        address, port = "?", None
+    return str(calling or "").strip(), str(address), port
+
+
+class StorageReceiver:
+    """Owns the AE, the association server and the event handlers."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        store: SeriesStore,
+        *,
+        on_activity: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._on_activity = on_activity
+        self._policy = AccessPolicy.from_config(config.node.ae_title, config.access)
+        self.ae = self._build_ae()
+        self.server: ThreadedAssociationServer | None = None
+
+    def _build_ae(self) -> AE:
+        node = self._config.node
+        ae = AE(ae_title=node.ae_title)
+        ae.supported_contexts = supported_contexts()
+        ae.maximum_pdu_size = node.max_pdu_bytes
+        ae.maximum_associations = node.max_associations
+        ae.acse_timeout = node.acse_timeout_s
+        ae.dimse_timeout = node.dimse_timeout_s
+        ae.network_timeout = node.network_timeout_s
+        # Access control is done in EVT_REQUESTED (see module docstring); keep pynetdicom's
+        # own checks off so there is exactly one decision and one audit line.
+        ae.require_called_aet = False
+        ae.require_calling_aet = []
+        return ae
+
+    def handlers(self) -> list[tuple[Any, Callable[..., Any]]]:
+        return [
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_C_ECHO, self._on_c_echo),
+            (evt.EVT_C_STORE, self._on_c_store),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
+        ]
+
+    def start(self) -> tuple[str, int]:
+        """Start listening (non-blocking); returns the bound (address, port)."""
+        node = self._config.node
+        self.server = self.ae.start_server(
+            (node.bind_address, node.port), block=False, evt_handlers=self.handlers()
+        )
+        address, port = self.server.server_address[:2]
+        return str(address), int(port)
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; associations in progress finish on their threads."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+    def active_associations(self) -> int:
+        return len([a for a in self.ae.active_associations if a.is_acceptor])
+
+    def shutdown(self) -> None:
+        self.stop_accepting()
+        self.ae.shutdown()
+
+    # ------------------------------------------------------------------ handlers
+    def _on_conn_open(self, event: evt.Event) -> None:
+        """Disable Nagle: DIMSE responses are small and latency-bound."""
+        _association_id(event.assoc)
+        sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _on_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        calling, address, port = _peer(assoc)
+        called = str(getattr(assoc.requestor.primitive, "called_ae_title", "") or "").strip()
+        decision = self._policy.check(calling, called, address)
+        if decision.allowed:
+            return
+        assert decision.reject is not None
+        LOGGER.warning(
+            "association rejected: %s (calling %r, called %r, from %s)",
+            decision.reason,
+            calling,
+            called,
+            address,
+        )
+        audit_event(
+            "association_rejected",
+            calling_ae_title=calling,
+            called_ae_title=called,
+            peer_address=address,
+            peer_port=port,
+            outcome="rejected",
+            reason=decision.reason,
+        )
+        # Same sequence pynetdicom uses for its own rejections: send A-ASSOCIATE-RJ, then
+        # wait for the DUL to finish (the peer closes the connection after the RJ).
+        assoc.acse.send_reject(*decision.reject)
+        assoc.kill()
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        calling, address, port = _peer(event.assoc)
+        audit_event(
+            "association_accepted",
+            association=_association_id(event.assoc),
+            calling_ae_title=calling,
+            peer_address=address,
+            peer_port=port,
+            outcome="accepted",
+        )
+
+    def _on_c_echo(self, event: evt.Event) -> int:
+        return STATUS_SUCCESS
+
+    def _on_c_store(self, event: evt.Event) -> int:
+        """File the instance; answer at once. Never raises (pynetdicom would answer 0xC211)."""
+        try:
+            ts = UID(event.context.transfer_syntax)
+            raw: BytesIO = event.request.DataSet
+            if ts.is_deflated:
+                inflated = zlib.decompress(raw.getvalue(), -zlib.MAX_WBITS)
+                raw, ts = BytesIO(inflated), ExplicitVRLittleEndian
+            raw.seek(0)
+            header = read_dataset(
+                raw, ts.is_implicit_VR, ts.is_little_endian, stop_when=_before_pixel_data
+            )
+            PATIENT_GUARD.remember(header)
+            size = raw.getbuffer().nbytes
+            outcome = self._store.offer(
+                _association_id(event.assoc), header, raw.getvalue, size, str(ts)
+            )
+        except Exception as error:
+            LOGGER.warning(
+                "C-STORE refused: the data set cannot be parsed (%s)", type(error).__name__
+            )
+            return STATUS_CANNOT_UNDERSTAND
+        if outcome is StoreOutcome.OUT_OF_RESOURCES:
+            return STATUS_OUT_OF_RESOURCES
+        if outcome is StoreOutcome.INVALID:
+            LOGGER.warning("C-STORE refused: Study/Series/SOP Instance UID missing")
+            return STATUS_CANNOT_UNDERSTAND
+        return STATUS_SUCCESS
+
+    def _on_released(self, event: evt.Event) -> None:
+        self._store.association_released(_association_id(event.assoc))
+        self._association_ended(event, "released")
+
+    def _on_aborted(self, event: evt.Event) -> None:
+        self._store.association_aborted(_association_id(event.assoc))
+        self._association_ended(event, "aborted")
+
+    def _on_conn_close(self, event: evt.Event) -> None:
+        self._store.association_closed(_association_id(event.assoc))
+
+    def _association_ended(self, event: evt.Event, outcome: str) -> None:
+        calling, address, port = _peer(event.assoc)
+        audit_event(
+            "association_" + outcome,
+            association=_association_id(event.assoc),
+            calling_ae_title=calling,
+            peer_address=address,
+            peer_port=port,
+            outcome=outcome,
+        )
+        self._on_activity()

@@ -1,0 +1,214 @@
+"""The running node: wires receiver -> series store -> analysis worker -> outbox -> sender.
+
+Threads (all started and stopped here):
+
+* pynetdicom's server thread and one thread per association: run the handlers in
+  :mod:`hippo_scp.network.receiver`, which only file instances into the store;
+* ``hippo-analysis`` (:class:`~hippo_scp.pipeline.worker.AnalysisWorker`): waits for series the
+  store declares due, analyses them one at a time, writes results to the outbox;
+* ``hippo-sender`` (:class:`~hippo_scp.network.sender.ResultSender`): delivers the outbox to
+  every destination with per-destination backoff.
+
+The only hand-offs are the store (a lock + condition) and the outbox (files), so a slow model
+never stalls the network and a PACS outage never stalls analysis.
+
+Shutdown (SIGTERM / SIGINT): stop accepting, let associations in progress end (bounded wait),
+finish the analysis in progress and any released series still in its grace period, make one
+last delivery attempt, exit 0. Results not delivered stay in the outbox for the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from hippo_scp.assembly.selection import SeriesSelector, is_own_output
+from hippo_scp.assembly.series_store import DecideFn, SeriesStore, StoreSettings, series_label
+from hippo_scp.config import NodeConfig
+from hippo_scp.logging_setup import audit_event, configure_logging
+from hippo_scp.network.outbox import Outbox
+from hippo_scp.network.receiver import StorageReceiver
+from hippo_scp.network.sender import ResultSender, SenderSettings
+from hippo_scp.pipeline.worker import AnalysisWorker, AnalyzeFn
+
+LOGGER = logging.getLogger(__name__)
+
+#: How long shutdown waits for associations in progress to end before closing them.
+SHUTDOWN_ASSOCIATION_WAIT_S = 10.0
+#: Exit status when the node cannot start (bad weights, port in use, ...).
+EXIT_STARTUP_FAILED = 2
+
+
+class StartupError(RuntimeError):
+    """The node cannot start; the message is one line for the operator."""
+
+
+def make_decide(config: NodeConfig) -> DecideFn:
+    """The store's per-series decision: selection rules, never the node's own outputs."""
+    selector = SeriesSelector(config.selection)
+
+    def decide(first_instance: Dataset) -> bool:
+        label = series_label(str(first_instance.get("SeriesInstanceUID", "")))
+        if is_own_output(first_instance):
+            LOGGER.debug("series %s is this node's own output: acknowledged, ignored", label)
+            return False
+        decision = selector.decide(first_instance, None)
+        if decision.selected:
+            LOGGER.info("series %s selected by rule %r", label, decision.rule)
+        else:
+            LOGGER.debug("series %s not selected: %s", label, decision.reason)
+        return decision.selected
+
+    return decide
+
+
+def load_analyzer(config: NodeConfig) -> AnalyzeFn:
+    """Load the model once and return the real analysis function (raises StartupError)."""
+    weights = Path(config.model.weights)
+    if not weights.is_file():
+        raise StartupError(f"model weights not found: {weights} (model.weights / --weights)")
+    try:
+        from hippo_scp.model.inference import Segmenter
+        from hippo_scp.pipeline.analysis import AnalysisSettings, SeriesAnalyzer
+
+        segmenter = Segmenter(weights_path=weights, num_threads=config.model.threads)
+    except Exception as error:
+        raise StartupError(f"cannot load model weights {weights}: {error}") from None
+    analyzer = SeriesAnalyzer(segmenter, AnalysisSettings(min_slices=config.selection.min_slices))
+    LOGGER.info("model %s loaded from %s", segmenter.model_version, weights)
+    return analyzer.analyze
+
+
+@dataclass
+class NodeAddress:
+    host: str
+    port: int
+
+
+class Node:
+    """All long-lived parts of the node; ``start()`` then ``stop()``."""
+
+    def __init__(self, config: NodeConfig, analyze: AnalyzeFn) -> None:
+        self.config = config
+        self.store = SeriesStore(StoreSettings.from_config(config), make_decide(config))
+        self.outbox = Outbox(config.outbox.directory, ResultSender.folders(config.destinations))
+        self.sender = ResultSender(
+            self.outbox,
+            list(config.destinations),
+            SenderSettings(
+                calling_ae_title=config.node.ae_title,
+                retry_initial_s=config.outbox.retry_initial_s,
+                retry_max_s=config.outbox.retry_max_s,
+                acse_timeout_s=config.node.acse_timeout_s,
+                dimse_timeout_s=config.node.dimse_timeout_s,
+                network_timeout_s=config.node.network_timeout_s,
+                max_pdu_bytes=config.node.max_pdu_bytes,
+            ),
+        )
+        self.worker = AnalysisWorker(
+            self.store,
+            analyze,
+            self.outbox,
+            on_results=self.sender.wake,
+            reanalyze_unchanged=config.triggers.reanalyze_unchanged,
+        )
+        self.receiver = StorageReceiver(config, self.store)
+        self.address: NodeAddress | None = None
+
+    def start(self) -> NodeAddress:
+        waiting = self.outbox.prepare()
+        if waiting:
+            LOGGER.info("outbox holds %d result set(s) from before; delivering them", waiting)
+        self.sender.start()
+        self.worker.start()
+        try:
+            host, port = self.receiver.start()
+        except OSError as error:
+            raise StartupError(
+                f"cannot listen on {self.config.node.bind_address}:{self.config.node.port}: "
+                f"{error.strerror or error}"
+            ) from None
+        self.address = NodeAddress(host, port)
+        return self.address
+
+    def stop(self) -> None:
+        """Graceful stop; see the module docstring for the order and why."""
+        LOGGER.info("shutting down: no new associations")
+        self.receiver.stop_accepting()
+        deadline = time.monotonic() + SHUTDOWN_ASSOCIATION_WAIT_S
+        while self.receiver.active_associations() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.receiver.shutdown()  # aborts any association still open (its sender retries)
+        self.worker.stop(drain=True)
+        self.worker.join()
+        left = self.store.unanalysed_series()
+        if left:
+            LOGGER.warning(
+                "shutdown: %d series still waiting for their settle window were not analysed "
+                "(no spool: the sender must resend them)",
+                left,
+            )
+        self.sender.stop()
+        self.sender.join(timeout=self.config.node.acse_timeout_s + 15)
+        if self.outbox.count():
+            self.sender.flush_once()
+        remaining = self.outbox.count()
+        if remaining:
+            LOGGER.warning(
+                "shutdown: %d result set(s) kept in the outbox for the next start", remaining
+            )
+        LOGGER.info("stopped")
+
+
+def run_node(
+    config: NodeConfig,
+    *,
+    analyze: AnalyzeFn | None = None,
+    stop_event: threading.Event | None = None,
+    configure: bool = True,
+) -> int:
+    """Run until SIGTERM / SIGINT (or ``stop_event``); return the process exit status.
+
+    ``analyze`` replaces the real model (tests); ``configure=False`` leaves logging alone.
+    """
+    if configure:
+        configure_logging(
+            config.logging.level, config.logging.format, audit_log=config.logging.audit_log
+        )
+    stop = stop_event or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+    try:
+        analyze_fn = analyze if analyze is not None else load_analyzer(config)
+        node = Node(config, analyze_fn)
+        address = node.start()
+    except StartupError as error:
+        LOGGER.error("%s", error)
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return EXIT_STARTUP_FAILED
+    destinations = ", ".join(str(d) for d in config.destinations) or "none"
+    message = (
+        f"hippo-scp listening on {address.host}:{address.port} as {config.node.ae_title} "
+        f"(results to {destinations})"
+    )
+    LOGGER.info("%s", message)
+    print(message, flush=True)
+    audit_event("node_started", ae_title=config.node.ae_title, port=address.port)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        node.stop()
+        audit_event("node_stopped", ae_title=config.node.ae_title)
+    return 0
+
+
+__all__ = ["Node", "StartupError", "load_analyzer", "make_decide", "run_node"]

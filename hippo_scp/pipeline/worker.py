@@ -1,0 +1,218 @@
+"""The analysis worker: one thread that turns due series into results in the outbox.
+
+Why one thread: inference is CPU-bound and the node shares a small machine with the network
+threads; one series at a time keeps latency predictable and memory bounded (the store bounds
+what is *held*, the worker bounds what is *decoded*). The worker never talks to the network:
+it writes results to the on-disk outbox and pokes the sender, so a PACS outage cannot stall
+analysis and a crash after the write loses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any, Protocol
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
+
+from hippo_scp.assembly.series_store import ReceivedInstance, SeriesJob, SeriesStore
+from hippo_scp.imaging.errors import VolumeError
+
+LOGGER = logging.getLogger(__name__)
+
+
+class ResultLike(Protocol):
+    """What the worker needs from :class:`hippo_scp.pipeline.analysis.AnalysisResult`."""
+
+    sr: Dataset
+    seg: Dataset
+    report: Dataset
+    timings_ms: dict[str, float]
+    model_version: str
+
+    def to_json_dict(self) -> dict[str, Any]: ...
+
+
+class OutboxLike(Protocol):
+    def put(self, label: str, datasets: Sequence[Dataset], summary: dict[str, Any]) -> str: ...
+
+
+#: Analyse the instances of one series; raises VolumeError (or ValueError) to refuse it.
+AnalyzeFn = Callable[[Sequence[Dataset]], ResultLike]
+
+
+def decode_instance(instance: ReceivedInstance) -> Dataset:
+    """Parse a stored instance into a Dataset with File Meta (the pixel decoder needs the
+    transfer syntax; compressed Pixel Data stays encapsulated until it is decoded)."""
+    ts = UID(instance.transfer_syntax)
+    ds = read_dataset(BytesIO(instance.data), ts.is_implicit_VR, ts.is_little_endian)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = instance.sop_class_uid
+    meta.MediaStorageSOPInstanceUID = instance.sop_instance_uid
+    meta.TransferSyntaxUID = ts
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    ds.set_original_encoding(ts.is_implicit_VR, ts.is_little_endian)
+    return ds
+
+
+def fingerprint(instances: Sequence[ReceivedInstance]) -> str:
+    """Content hash of a series: same instances with the same bytes -> same fingerprint."""
+    digest = hashlib.blake2b(digest_size=16)
+    for instance in sorted(instances, key=lambda i: i.sop_instance_uid):
+        digest.update(instance.sop_instance_uid.encode("ascii", "replace"))
+        digest.update(hashlib.blake2b(instance.data, digest_size=16).digest())
+    return digest.hexdigest()
+
+
+@dataclass
+class WorkerStats:
+    """Counters for tests and the shutdown log line."""
+
+    analysed: int = 0
+    refused: int = 0
+    skipped_unchanged: int = 0
+    failed: int = 0
+
+
+class AnalysisWorker(threading.Thread):
+    """Waits for due series in the store, analyses them, and files the results."""
+
+    def __init__(
+        self,
+        store: SeriesStore,
+        analyze: AnalyzeFn,
+        outbox: OutboxLike,
+        *,
+        on_results: Callable[[], None] = lambda: None,
+        reanalyze_unchanged: bool = False,
+        poll_s: float = 1.0,
+    ) -> None:
+        super().__init__(name="hippo-analysis", daemon=True)
+        self._store = store
+        self._analyze = analyze
+        self._outbox = outbox
+        self._on_results = on_results
+        self._reanalyze_unchanged = reanalyze_unchanged
+        self._poll_s = poll_s
+        self._stop_event = threading.Event()
+        self._drain = False
+        self.stats = WorkerStats()
+        self.idle = threading.Event()
+        self.idle.set()
+
+    def stop(self, *, drain: bool = True) -> None:
+        """Stop after the current series; with ``drain`` also analyse released series still
+        waiting out their grace period (complete, so they must not be lost)."""
+        self._drain = drain
+        self._stop_event.set()
+        self._store.wake()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                jobs = self._store.wait_ready(self._poll_s)
+            except Exception:  # pragma: no cover - defensive: the loop must survive
+                LOGGER.exception("series store failed; retrying")
+                time.sleep(self._poll_s)
+                continue
+            self._run_jobs(jobs)
+        if self._drain:
+            self._run_jobs(self._store.collect_ready(force_release_due=True))
+
+    def _run_jobs(self, jobs: list[SeriesJob]) -> None:
+        for job in jobs:
+            self.idle.clear()
+            try:
+                self.process(job)
+            except Exception:
+                self.stats.failed += 1
+                LOGGER.exception("series %s: analysis failed unexpectedly", job.label)
+            finally:
+                self.idle.set()
+
+    def process(self, job: SeriesJob) -> str | None:
+        """Analyse one series and file its results; returns the outbox id (None: nothing)."""
+        t0 = time.perf_counter()
+        queue_ms = max(0.0, time.monotonic() - job.queued_at) * 1000
+        content = fingerprint(job.instances)
+        if self._store.was_analysed(job.key, content) and not self._reanalyze_unchanged:
+            self.stats.skipped_unchanged += 1
+            LOGGER.info(
+                "series %s re-sent unchanged (%d instances): not analysed again",
+                job.label,
+                len(job.instances),
+            )
+            return None
+        try:
+            datasets = [decode_instance(instance) for instance in job.instances]
+        except Exception as error:
+            self.stats.refused += 1
+            self._store.mark_analysed(job.key, content)
+            LOGGER.warning(
+                "series %s not analysed: an instance cannot be parsed (%s)",
+                job.label,
+                type(error).__name__,
+            )
+            return None
+        parse_ms = (time.perf_counter() - t0) * 1000
+        try:
+            result = self._analyze(datasets)
+        except (VolumeError, ValueError, RuntimeError) as error:
+            # VolumeError (a ValueError) and AnalysisError (a RuntimeError): the series
+            # cannot be measured correctly. Expected for bad input; sending nothing is right.
+            self.stats.refused += 1
+            self._store.mark_analysed(job.key, content)
+            LOGGER.warning(
+                "series %s not analysed (%d instances): %s: %s; no results sent",
+                job.label,
+                len(job.instances),
+                type(error).__name__,
+                error,
+            )
+            return None
+        except Exception:
+            self.stats.failed += 1
+            self._store.mark_analysed(job.key, content)
+            LOGGER.exception("series %s: analysis failed unexpectedly; no results sent", job.label)
+            return None
+        timings = dict(result.timings_ms)
+        summary = {
+            "series": job.label,
+            "trigger": job.trigger,
+            "instances": len(job.instances),
+            "timings_ms": {
+                "receive": round(job.receive_ms, 1),
+                "queue": round(queue_ms, 1),
+                "assemble": round(parse_ms + timings.get("load", 0.0), 1),
+                "infer": round(timings.get("infer", 0.0), 1),
+                "encode": round(timings.get("encode", 0.0), 1),
+            },
+            "volumes": _volumes(result),
+            "model_version": str(result.model_version),
+        }
+        outbox_id = self._outbox.put(job.label, [result.seg, result.sr, result.report], summary)
+        self._store.mark_analysed(job.key, content)
+        self.stats.analysed += 1
+        self._on_results()
+        return outbox_id
+
+
+def _volumes(result: ResultLike) -> dict[str, float]:
+    """The three volumes (mm³) from the result, however the analyzer exposes them."""
+    volumes = getattr(result, "volumes", None)
+    out: dict[str, float] = {}
+    for name in ("anterior_mm3", "posterior_mm3", "total_mm3"):
+        value = getattr(volumes, name, None)
+        if value is None and isinstance(volumes, dict):
+            value = volumes.get(name)
+        if value is not None:
+            out[name] = round(float(value), 1)
+    return out
