@@ -274,7 +274,7 @@ def series_from_volume(
             ds.RescaleType = "US"
         ds.PixelData = pixels.tobytes()
         datasets.append(ds)
-    return encode_series(datasets, transfer_syntax)
+    return _encode(datasets, transfer_syntax)
 
 
 def _ds(value: float) -> str:
@@ -338,18 +338,21 @@ def _base_dataset(
 
 
 def encode_series(datasets: Iterable[Dataset], transfer_syntax: str) -> list[Dataset]:
-    """Re-encode native Explicit VR Little Endian datasets in ``transfer_syntax``.
+    """Re-encode native (uncompressed, little endian) datasets in ``transfer_syntax``.
 
     The result is each dataset written to bytes and parsed back (fresh objects; the inputs are
     left alone), so it is what a receiver would hold.
     """
-    transfer_syntax = UID(transfer_syntax)
-    datasets = list(datasets)
+    return _encode([copy.deepcopy(ds) for ds in datasets], UID(transfer_syntax))
+
+
+def _encode(datasets: list[Dataset], transfer_syntax: UID) -> list[Dataset]:
+    """:func:`encode_series` that may modify ``datasets`` (the factory's own fresh objects)."""
     if transfer_syntax in _DCMCJPEG_OPTIONS:
         return _dcmcjpeg(datasets, transfer_syntax)
     result = []
-    for original in datasets:
-        ds = _parse(_to_bytes(original, ExplicitVRLittleEndian))
+    for ds in datasets:
+        ds.file_meta = _file_meta(ds, ExplicitVRLittleEndian)  # the state compress() starts from
         if transfer_syntax == ExplicitVRBigEndian:
             ds.PixelData = _byteswapped(ds)
         elif transfer_syntax.is_compressed:
@@ -359,6 +362,8 @@ def encode_series(datasets: Iterable[Dataset], transfer_syntax: str) -> list[Dat
             elif transfer_syntax == JPEG2000:
                 options = {"j2k_cr": [4]}
             ds.compress(transfer_syntax, **options)
+            if transfer_syntax in LOSSY_TRANSFER_SYNTAXES:
+                ds.LossyImageCompression = "01"
         result.append(_parse(_to_bytes(ds, transfer_syntax)))
     return result
 
@@ -400,7 +405,7 @@ def _dcmcjpeg(datasets: list[Dataset], transfer_syntax: UID) -> list[Dataset]:
     tool = shutil.which("dcmcjpeg")
     if tool is None:
         raise MissingToolError(f"dcmcjpeg (dcmtk) is needed to encode {transfer_syntax.name}")
-    natives = [_parse(_to_bytes(ds, ExplicitVRLittleEndian)) for ds in datasets]
+    natives = datasets
     carrier = copy.deepcopy(natives[0])
     carrier.SOPClassUID = (
         MultiFrameGrayscaleByteSecondaryCaptureImageStorage
