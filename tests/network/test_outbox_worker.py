@@ -1,0 +1,147 @@
+"""Outbox, sender and worker in-process (fast): atomic sets, retry/backoff, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from hippo_scp.assembly.series_store import SeriesStore, StoreSettings
+from hippo_scp.config import Destination
+from hippo_scp.imaging.errors import TooFewSlicesError
+from hippo_scp.network.outbox import Outbox, destination_folder_name
+from hippo_scp.network.sender import ResultSender, SenderSettings
+from hippo_scp.pipeline.worker import AnalysisWorker, decode_instance
+from tests.network.conftest import Sink, free_port
+
+
+def sc_dataset(study: str = "1.2.3") -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "OT"
+    return ds
+
+
+def test_outbox_put_is_atomic_and_prepare_removes_half_written_sets(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path, ["A@h_1", "B@h_2"])
+    assert outbox.prepare() == 0
+    (tmp_path / "A@h_1" / ".123-x.tmp").mkdir()  # a crash mid-write
+    item_id = outbox.put("s-1", [sc_dataset(), sc_dataset(), sc_dataset()], {"series": "s-1"})
+    for destination in ("A@h_1", "B@h_2"):
+        (item,) = outbox.pending(destination)
+        assert item.item_id == item_id
+        assert [p.name for p in item.files()] == ["00-seg.dcm", "01-sr.dcm", "02-report.dcm"]
+        assert item.summary() == {"series": "s-1"}
+    assert Outbox(tmp_path, ["A@h_1", "B@h_2"]).prepare() == 2
+    assert not (tmp_path / "A@h_1" / ".123-x.tmp").exists()
+
+
+def test_sender_retries_until_the_destination_is_up(tmp_path: Path) -> None:
+    sink = Sink(ae_title="PACS", port=free_port())
+    destination = Destination(ae_title="PACS", host="127.0.0.1", port=sink.port)
+    folder = destination_folder_name("PACS", "127.0.0.1", sink.port)
+    outbox = Outbox(tmp_path, [folder])
+    outbox.prepare()
+    outbox.put("s-1", [sc_dataset(), sc_dataset()], {"series": "s-1", "volumes": {}})
+    sender = ResultSender(
+        outbox,
+        [destination],
+        SenderSettings(calling_ae_title="HIPPOAI", retry_initial_s=0.2, retry_max_s=0.4),
+    )
+    assert sender.flush_once() is False  # down
+    assert outbox.count() == 1
+    sink.start()
+    try:
+        sender.start()
+        received = sink.wait_for(2, timeout=10)
+        assert len(received) == 2
+        assert outbox.count() == 0
+        assert sender.delivered_sets == 1
+    finally:
+        sender.stop()
+        sender.join(5)
+        sink.stop()
+
+
+class FakeOutbox:
+    def __init__(self) -> None:
+        self.sets: list[tuple[str, list[Dataset], dict]] = []
+
+    def put(self, label: str, datasets, summary: dict) -> str:
+        self.sets.append((label, list(datasets), summary))
+        return str(len(self.sets))
+
+
+def _store_with_series(count: int) -> tuple[SeriesStore, object]:
+    clock = SimpleNamespace(now=0.0)
+    store = SeriesStore(
+        StoreSettings(settle_seconds=1, release_grace_seconds=0), lambda ds: True,
+        clock=lambda: clock.now,
+    )  # fmt: skip
+    for k in range(count):
+        ds = sc_dataset()
+        ds.SeriesInstanceUID = "9.9"
+        ds.SOPInstanceUID = f"9.9.{k}"
+        ds.PatientName = "DOE^JANE"
+        buffer = DicomBytesIO()
+        buffer.is_implicit_VR, buffer.is_little_endian = True, True
+        write_dataset(buffer, ds)
+        data = buffer.getvalue()
+        store.offer(1, ds, lambda d=data: d, len(data), "1.2.840.10008.1.2")
+    store.association_released(1)
+    return store, clock
+
+
+def test_worker_files_results_and_skips_unchanged_content() -> None:
+    store, _ = _store_with_series(3)
+    seen: list[int] = []
+
+    def analyze(datasets):
+        seen.append(len(datasets))
+        assert all(ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2" for ds in datasets)
+        return SimpleNamespace(
+            seg=sc_dataset(), sr=sc_dataset(), report=sc_dataset(),
+            timings_ms={"load": 1.0, "infer": 2.0, "encode": 3.0}, model_version="m",
+            volumes=SimpleNamespace(anterior_mm3=1.0, posterior_mm3=2.0, total_mm3=3.0),
+        )  # fmt: skip
+
+    outbox = FakeOutbox()
+    worker = AnalysisWorker(store, analyze, outbox)
+    (job,) = store.collect_ready()
+    assert worker.process(job) == "1"
+    assert seen == [3]
+    label, datasets, summary = outbox.sets[0]
+    assert len(datasets) == 3 and summary["volumes"]["total_mm3"] == 3.0
+    assert "DOE" not in str(summary)
+    assert worker.process(job) is None  # same content again: skipped
+    assert worker.stats.skipped_unchanged == 1
+
+
+def test_worker_refusal_sends_nothing() -> None:
+    store, _ = _store_with_series(2)
+
+    def analyze(datasets):
+        raise TooFewSlicesError("2 slices < 8")
+
+    outbox = FakeOutbox()
+    worker = AnalysisWorker(store, analyze, outbox)
+    (job,) = store.collect_ready()
+    assert worker.process(job) is None
+    assert outbox.sets == [] and worker.stats.refused == 1
+
+
+def test_decode_instance_keeps_transfer_syntax_and_uids() -> None:
+    store, _ = _store_with_series(1)
+    (job,) = store.collect_ready()
+    ds = decode_instance(job.instances[0])
+    assert ds.SOPInstanceUID == "9.9.0"
+    assert ds.file_meta.MediaStorageSOPInstanceUID == "9.9.0"
