@@ -15,6 +15,11 @@ Knobs (all off = pynetdicom 3.0 as shipped):
 - ``--reactor-sleep``: the sleep of the association reactor loop (pynetdicom: 1 ms per loop,
   one DIMSE message per loop, so up to ~1 ms of latency per received instance).
 - ``--keep``: ``raw`` keeps the encoded dataset bytes; ``decode`` decodes it (``event.dataset``).
+- ``--no-validation``: pydicom reading/writing validation off (``config.settings``); pynetdicom
+  encodes every C-STORE-RSP with pydicom, which validates each UID/value with a regex.
+- ``--contexts``: ``all`` = every storage SOP class x 13 transfer syntaxes; ``lean`` = every
+  storage SOP class x the 3 uncompressed ones. pynetdicom deep-copies the supported contexts
+  for every association.
 """
 
 from __future__ import annotations
@@ -84,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast-recv", action="store_true")
     parser.add_argument("--reactor-sleep", type=float, default=None)
     parser.add_argument("--keep", choices=["raw", "decode"], default="decode")
+    parser.add_argument("--no-validation", action="store_true")
+    parser.add_argument("--contexts", choices=["all", "lean"], default="all")
     args = parser.parse_args(argv)
 
     import logging
@@ -98,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         apply_nodelay()
     if args.reactor_sleep is not None:
         apply_reactor_sleep(args.reactor_sleep)
+    if args.no_validation:
+        from pydicom import config
+
+        config.settings.reading_validation_mode = config.IGNORE
+        config.settings.writing_validation_mode = config.IGNORE
 
     ae = AE(ae_title=args.ae_title)
     ae.require_called_aet = False
@@ -105,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         ae.maximum_pdu_size = args.pdu
     ae.maximum_associations = 32
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TS)
+        ae.add_supported_context(
+            context.abstract_syntax, ALL_TS if args.contexts == "all" else ALL_TS[:3]
+        )
     ae.add_supported_context(Verification)
     held: list[object] = []
     lock = threading.Lock()
