@@ -201,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     if not (args.dist / "index.html").is_file():
-        print(f"error: {args.dist}/index.html not found; run deploy_scripts/install.sh", file=sys.stderr)
+        print(
+            f"error: {args.dist}/index.html not found; run deploy_scripts/install.sh",
+            file=sys.stderr,
+        )
         return 2
     if not args.app_config.is_file():
         print(f"error: {args.app_config} not found", file=sys.stderr)

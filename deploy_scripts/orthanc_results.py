@@ -99,8 +99,8 @@ def collect(orthanc: Orthanc) -> list[dict[str, Any]]:
             instances = series["Instances"]
             manufacturer = tags.get("Manufacturer")
             if manufacturer is None and instances:
-                manufacturer = (
-                    orthanc.get(f"/instances/{instances[0]}/simplified-tags").get("Manufacturer")
+                manufacturer = orthanc.get(f"/instances/{instances[0]}/simplified-tags").get(
+                    "Manufacturer"
                 )
             kind = RESULT_KINDS.get(tags.get("Modality", ""))
             if manufacturer != OWN_MANUFACTURER or kind is None:
@@ -134,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: cannot read {args.url}: {error}", file=sys.stderr)
             return 2
         targets = [s for s in studies if s["has_hippocrop"]]
-        ready = (
-            len(targets) >= max(args.studies, 1) and all(complete(s) for s in targets)
-        )
+        ready = len(targets) >= max(args.studies, 1) and all(complete(s) for s in targets)
         if ready or time.monotonic() >= deadline:
             break
         time.sleep(1.0)

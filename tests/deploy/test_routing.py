@@ -63,14 +63,10 @@ def test_echo_check_covers_every_link(sink_stack: tuple[Stack, Sink]):
     assert result.stderr.count("OK ") == 3
 
 
-def test_each_stable_series_goes_in_one_association(
-    sink_stack: tuple[Stack, Sink], data_dir: Path
-):
+def test_each_stable_series_goes_in_one_association(sink_stack: tuple[Stack, Sink], data_dir: Path):
     stack, sink = sink_stack
     stack.send(study(data_dir, 1))
-    wait_for(
-        lambda: sink.instance_count() >= STUDY1_INSTANCES, 60, "Study1 routed to the sink"
-    )
+    wait_for(lambda: sink.instance_count() >= STUDY1_INSTANCES, 60, "Study1 routed to the sink")
     time.sleep(3)  # anything extra (a duplicate send) would arrive now
     associations = sink.associations()
     assert sink.instance_count() == STUDY1_INSTANCES
@@ -121,9 +117,7 @@ def test_per_instance_routing_mixes_series_in_one_association(
     """The course's OnStoredInstance routing: everything arrives, but not one series each."""
     stack, sink = sink_stack
     stack.send(study(data_dir, 1))
-    wait_for(
-        lambda: sink.instance_count() >= STUDY1_INSTANCES, 60, "Study1 routed to the sink"
-    )
+    wait_for(lambda: sink.instance_count() >= STUDY1_INSTANCES, 60, "Study1 routed to the sink")
     time.sleep(3)
     associations = sink.associations()
     assert sink.instance_count() == STUDY1_INSTANCES
