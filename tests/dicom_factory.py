@@ -99,10 +99,12 @@ LOSSY_TRANSFER_SYNTAXES: tuple[UID, ...] = (
     JPEGLSNearLossless,
     JPEG2000,
 )
-#: dcmcjpeg option per JPEG syntax (pydicom has no JPEG encoder).
+#: dcmcjpeg options per JPEG syntax (pydicom has no JPEG encoder). ``+sr`` keeps lossy stored
+#: values on their own scale: dcmcjpeg's default (+sp) stretches min..max of the data over the
+#: sample range without writing a rescale, which shifts every value read back.
 _DCMCJPEG_OPTIONS = {
-    JPEGBaseline8Bit: ["+eb"],
-    JPEGExtended12Bit: ["+ee"],
+    JPEGBaseline8Bit: ["+eb", "+q", "95", "+sr"],
+    JPEGExtended12Bit: ["+ee", "+q", "95", "+sr"],
     JPEGLossless: ["+el"],
     JPEGLosslessSV1: ["+e1"],
 }

@@ -30,6 +30,8 @@ from hippo_scp.imaging.errors import MissingPixelDataError, UndecodablePixelData
 
 #: The pixel data elements a monochrome image may carry its values in.
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+#: (FFFE,E000) Item tag, little endian: the first bytes of encapsulated Pixel Data.
+_ITEM_TAG = b"\xfe\xff\x00\xe0"
 
 
 def describe_instance(ds: Dataset) -> str:
@@ -50,6 +52,13 @@ def transfer_syntax_of(ds: Dataset) -> UID:
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
     if ts:
         return UID(ts)
+    pixel_data = ds.get("PixelData")
+    if isinstance(pixel_data, bytes) and pixel_data[:4] == _ITEM_TAG:
+        # Encapsulated: only the (unknown) compressed syntax can decode it. Receivers must
+        # attach event.file_meta / the context's transfer syntax to what they store.
+        raise UndecodablePixelDataError(
+            f"{describe_instance(ds)}: compressed pixel data but no Transfer Syntax UID"
+        )
     implicit, little = ds.original_encoding
     if implicit is None or little is None:
         implicit = getattr(ds, "is_implicit_VR", None)
