@@ -199,12 +199,38 @@ def clear_folder(folder: Path) -> int:
 # --------------------------------------------------------------------------- the node
 
 
+_LAUNCHER: list[str] | None = None
+
+
 def node_command() -> list[str]:
-    """How a user starts the node: the console script, or ``python -m hippo_scp``."""
-    script = VENV_PY.parent / "hippo-scp"
-    if script.exists():
-        return [str(script)]
-    return [python(), "-m", "hippo_scp"]
+    """How a user starts the node: the ``hippo-scp`` console script (or ``python -m hippo_scp``).
+
+    Falls back to :mod:`benchmarks.serve_shim` (the same ``serve`` command alone) only while the
+    full CLI fails to import; ``node_launcher()`` tells which one is used.
+    """
+    global _LAUNCHER
+    if _LAUNCHER is None:
+        script = VENV_PY.parent / "hippo-scp"
+        candidates = [[str(script)]] if script.exists() else []
+        candidates.append([python(), "-m", "hippo_scp"])
+        for argv in candidates:
+            probe = subprocess.run(
+                [*argv, "serve", "--help"], capture_output=True, cwd=REPO, timeout=120
+            )
+            if probe.returncode == 0:
+                _LAUNCHER = argv
+                break
+        else:
+            _LAUNCHER = [python(), "-m", "benchmarks.serve_shim"]
+    return list(_LAUNCHER)
+
+
+def node_launcher() -> str:
+    return (
+        "serve_shim (CLI import failed)"
+        if "benchmarks.serve_shim" in node_command()
+        else (" ".join(Path(a).name for a in node_command()))
+    )
 
 
 def write_node_config(work: Path, overrides: dict | None = None) -> Path:
@@ -228,6 +254,32 @@ def write_node_config(work: Path, overrides: dict | None = None) -> Path:
     return path
 
 
+def node_weights() -> tuple[Path | None, str]:
+    """The weights the node loads: the shipped file, else placeholder random weights.
+
+    Placeholder weights (same architecture, random values, in the cache outside the repo) let
+    the harness run before the trained model exists; compute cost is the same, outputs are
+    meaningless. Returns (path to pass as --weights or None for the shipped, description).
+    """
+    shipped = REPO / "model_weights" / "hippo_unet.safetensors"
+    if shipped.exists() and not os.environ.get("HIPPO_BENCH_PLACEHOLDER_WEIGHTS"):
+        return None, f"shipped {shipped.relative_to(REPO)}"
+    from benchmarks.study_factory import cache_root
+
+    path = cache_root() / "placeholder-weights" / "hippo_unet.safetensors"
+    if not path.exists():
+        code = (
+            "import sys, torch; from pathlib import Path;"
+            "from hippo_scp.model.network import UNet3D, UNetConfig;"
+            "from hippo_scp.model.weights import save_weights;"
+            "torch.manual_seed(0); c = UNetConfig(deep_supervision=False);"
+            "save_weights(UNet3D(c).eval().state_dict(), Path(sys.argv[1]),"
+            " {'architecture': c.to_dict(), 'fused_batchnorm': False, 'placeholder': True})"
+        )
+        subprocess.run([python(), "-c", code, str(path)], check=True, cwd=REPO, timeout=300)
+    return path, "placeholder (random, same architecture; shipped weights missing)"
+
+
 def start_node(
     work: Path,
     destination: str,
@@ -248,6 +300,7 @@ def start_node(
     port = port or free_port()
     work.mkdir(parents=True, exist_ok=True)
     config = write_node_config(work, config_overrides)
+    weights, weights_note = node_weights()
     argv = [
         *node_command(),
         "serve",
@@ -263,12 +316,16 @@ def start_node(
         str(settle),
         "--log-format",
         log_format,
+        *(["--weights", str(weights)] if weights else []),
     ]
     env = env_with(nodelay)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra_env or {})
     env.setdefault("PYTHONUNBUFFERED", "1")
     proc = _spawn(f"node-{port}", argv, work, env, port, aet)
     proc.extra["config"] = config
+    proc.extra["weights"] = weights_note
+    proc.extra["launcher"] = node_launcher()
     proc.wait_ready(timeout, lambda: port_open(port) and echo(port, aet))
     return proc
 
