@@ -211,13 +211,13 @@ def _load_analyzer(weights_path: Path, threads: int, min_slices: int) -> Any:
     """Load torch + the model once; returns None (after printing why) when it cannot."""
     from hippo_scp.pipeline.analysis import AnalysisSettings, SeriesAnalyzer
 
-    try:
+    if not Path(weights_path).is_file():
+        typer.echo(f"error: model weights not found: {weights_path}", err=True)
+        return None
+    try:  # torch is imported here, once, and only when there is something to analyse
         from hippo_scp.model.inference import Segmenter, WeightsIntegrityError
     except ImportError as error:  # pragma: no cover - model package missing in a broken install
         typer.echo(f"error: cannot import the model: {error}", err=True)
-        return None
-    if not Path(weights_path).is_file():
-        typer.echo(f"error: model weights not found: {weights_path}", err=True)
         return None
     try:
         segmenter = Segmenter(weights_path=Path(weights_path), num_threads=threads)

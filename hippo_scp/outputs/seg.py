@@ -67,7 +67,12 @@ def build_segmentation(
     same finding. Empty frames are omitted (unless every frame is empty: a SEG needs at least
     one frame, so then the empty frames are kept).
     """
-    if label_frames.ndim != 3 or label_frames.shape[0] != len(source_datasets):
+    expected = (
+        int(source_datasets[0].get("NumberOfFrames") or 1)
+        if len(source_datasets) == 1
+        else len(source_datasets)
+    )
+    if label_frames.ndim != 3 or label_frames.shape[0] != expected:
         raise ValueError(
             f"label frames {label_frames.shape} do not match {len(source_datasets)} source images"
         )

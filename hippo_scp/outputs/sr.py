@@ -137,11 +137,15 @@ def build_volume_sr(
             tracking_uids[WHOLE_STRUCTURE.label],
         ),
     ]
+    # Image library (TID 1600) entries: highdicom derives them from the classic Image Plane
+    # module, which enhanced multi-frame instances do not have; those keep the per-group source
+    # references and the evidence sequence only.
+    single_frame = all(int(ds.get("NumberOfFrames") or 1) == 1 for ds in headers)
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(identity),
         procedure_reported=codes.cid100.MRIUnspecifiedBodyRegion,
         imaging_measurements=groups,
-        referenced_images=headers,
+        referenced_images=headers if single_frame else None,
     )
     return hd.sr.Comprehensive3DSR(
         # First item: patient/study modules are copied from it (header copy with Type 2 set).

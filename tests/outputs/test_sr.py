@@ -1,0 +1,115 @@
+"""The TID 1500 SR: three volumetric groups whose volumes equal SEG voxel counts x voxel
+volume, references to the SEG and the source images, and a clean dcmtk parse."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom.multival import MultiValue
+from pydicom.sr.codedict import codes
+
+from hippo_scp import MANUFACTURER, SOFTWARE_NAME
+from hippo_scp.assembly.selection import is_own_output
+from hippo_scp.outputs.identity import SR_SERIES_DESCRIPTION
+from tests.outputs.conftest import IDENTITY
+
+
+def _groups(built):
+    sr = hd.sr.srread(built.sr_path)
+    assert isinstance(sr, hd.sr.Comprehensive3DSR)
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    return {g.tracking_identifier: g for g in groups}
+
+
+def test_sr_volumes_equal_seg_voxel_counts_times_voxel_volume(built):
+    seg = hd.seg.segread(built.seg_path)
+    masks = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[ds.SOPInstanceUID for ds in built.sources],
+    )  # (frames, rows, cols, segments)
+    voxel = float(np.prod(built.volume.spacing_mm))
+    assert voxel == pytest.approx(0.9 * 0.8 * 1.5)
+    counts = {n: int(masks[..., n - 1].sum()) for n in (1, 2)}
+    expected = {
+        "Anterior hippocampus": counts[1] * voxel,
+        "Posterior hippocampus": counts[2] * voxel,
+        "Hippocampus": (counts[1] + counts[2]) * voxel,
+    }
+    groups = _groups(built)
+    assert set(groups) == set(expected)
+    for name, group in groups.items():
+        (measurement,) = group.get_measurements(name=codes.SCT.Volume)
+        assert measurement.unit == codes.UCUM.CubicMillimeter
+        assert measurement.value == pytest.approx(expected[name], rel=1e-9)
+    assert counts[1] == int((built.labels == 1).sum())
+
+
+def test_sr_groups_reference_segments_sites_and_sources(built):
+    groups = _groups(built)
+    source_uids = {ds.SOPInstanceUID for ds in built.sources}
+    segments = {"Anterior hippocampus": [1], "Posterior hippocampus": [2], "Hippocampus": [1, 2]}
+    modifiers = {"Anterior hippocampus": "255549009", "Posterior hippocampus": "255551008"}
+    seg_uids = {g.tracking_uid for g in groups.values()}
+    assert len(seg_uids) == 3
+    for name, group in groups.items():
+        assert group.reference_type == codes.DCM.ReferencedSegment
+        item = group[0].ContentSequence
+        (ref,) = [i for i in item if i.ConceptNameCodeSequence[0].CodeValue == "121191"]
+        sop = ref.ReferencedSOPSequence[0]
+        assert sop.ReferencedSOPInstanceUID == built.seg.SOPInstanceUID
+        numbers = sop.ReferencedSegmentNumber
+        numbers = list(numbers) if isinstance(numbers, MultiValue | list) else [numbers]
+        assert [int(n) for n in numbers] == segments[name]
+        sources = {
+            i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+            for i in item
+            if i.ConceptNameCodeSequence[0].CodeValue == "121233"  # Source Image for Segmentation
+        }
+        assert sources == source_uids
+        (site,) = group.finding_sites
+        assert site.value == codes.SCT.Hippocampus
+        modifier = site.topographical_modifier
+        if name in modifiers:
+            assert modifier is not None and modifier.value == modifiers[name]
+        else:
+            assert modifier is None
+
+
+def test_sr_has_image_library_and_algorithm_identity(built):
+    sr = built.sr
+    text = str(sr)
+    assert sr.SeriesDescription == SR_SERIES_DESCRIPTION
+    assert sr.Manufacturer == MANUFACTURER
+    assert str(sr.SoftwareVersions[0]).startswith(SOFTWARE_NAME)
+    assert is_own_output(sr)
+    assert sr.StudyInstanceUID == built.sources[0].StudyInstanceUID
+    assert "Image Library" in text
+    assert IDENTITY.algorithm_name in text
+    assert IDENTITY.model_version in text
+    assert IDENTITY.weights_sha256 in text
+    evidence = {
+        i.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for i in series.ReferencedSOPSequence
+    }
+    assert {ds.SOPInstanceUID for ds in built.sources} | {built.seg.SOPInstanceUID} <= evidence
+    assert any(
+        IDENTITY.weights_sha256 in str(item.get("ContributionDescription", ""))
+        and item.Manufacturer == MANUFACTURER
+        for item in sr.ContributingEquipmentSequence
+    )
+
+
+@pytest.mark.skipif(shutil.which("dsrdump") is None, reason="dcmtk dsrdump not installed")
+def test_dsrdump_reads_the_sr_without_warnings(built):
+    run = subprocess.run(
+        ["dsrdump", "-v", str(built.sr_path)], capture_output=True, text=True, timeout=60
+    )
+    output = (run.stdout + run.stderr).lower()
+    assert run.returncode == 0, output[-2000:]
+    assert "warning" not in output and "error" not in output, output[:2000]
+    assert "imaging measurement report" in output

@@ -1,0 +1,147 @@
+"""SeriesAnalyzer end to end with a stand-in segmenter (ground-truth labels of a training
+case), so the pipeline is tested without model weights."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import highdicom as hd
+import numpy as np
+import pytest
+
+from hippo_scp.imaging.errors import VolumeError
+from hippo_scp.pipeline.analysis import AnalysisError, SeriesAnalyzer
+from tests.dicom_factory import (
+    INTEGER_CASE,
+    enhanced_from_series,
+    load_nifti_case,
+    require_data,
+    series_from_volume,
+)
+
+PATIENT_NAME = "Doe^Jane"
+PATIENT_ID = "PID-778899"
+
+
+class LabelSegmenter:
+    """Returns fixed labels; records whether two calls ever overlapped."""
+
+    weights_sha256 = "f" * 64
+    model_version = "stand-in-1"
+
+    def __init__(self, labels: np.ndarray, confidence: float | None = None):
+        self.labels = labels
+        self.confidence = confidence
+        self.active = 0
+        self.overlapped = False
+        self.calls = 0
+
+    def segment(self, voxels, spacing_mm):
+        self.active += 1
+        self.overlapped |= self.active > 1
+        time.sleep(0.01)
+        self.calls += 1
+        self.active -= 1
+        return self.labels
+
+
+class ConfidentSegmenter(LabelSegmenter):
+    def segment_with_confidence(self, voxels, spacing_mm):
+        return self.segment(voxels, spacing_mm), self.confidence
+
+
+@pytest.fixture(scope="module")
+def case():
+    require_data()
+    image, label = load_nifti_case(INTEGER_CASE)
+    sources = series_from_volume(image, patient_name=PATIENT_NAME, patient_id=PATIENT_ID)
+    return image, label, sources
+
+
+@pytest.fixture(scope="module")
+def result(case):
+    _, label, sources = case
+    return SeriesAnalyzer(LabelSegmenter(label)).analyze(list(reversed(sources)))
+
+
+def test_result_holds_labels_volumes_and_three_objects(case, result):
+    _, label, sources = case
+    np.testing.assert_array_equal(result.labels, label)
+    assert result.volumes.anterior_voxels == int((label == 1).sum())
+    assert result.volumes.posterior_voxels == int((label == 2).sum())
+    assert result.volumes.voxel_volume_mm3 == pytest.approx(1.0)
+    assert result.study_instance_uid == sources[0].StudyInstanceUID
+    assert result.series_instance_uid == sources[0].SeriesInstanceUID
+    assert [ds.Modality for ds in result.datasets] == ["SEG", "SR", "OT"]
+    assert len({ds.SeriesInstanceUID for ds in result.datasets}) == 3
+    assert result.report_png.startswith(b"\x89PNG")
+    assert set(result.timings_ms) >= {"load", "infer", "encode", "total"}
+    assert result.model_version == "stand-in-1"
+    assert result.slice_count == label.shape[2]
+
+
+def test_json_dict_has_no_patient_identifiers(result):
+    text = json.dumps(result.to_json_dict())
+    assert PATIENT_ID not in text
+    assert "Doe" not in text and "Jane" not in text
+    data = json.loads(text)
+    assert data["volumes"]["total_voxels"] == result.volumes.total_voxels
+    assert data["outputs"]["seg"]["sop_instance_uid"] == result.seg.SOPInstanceUID
+
+
+def test_sequential_calls_from_threads_are_serialised(case):
+    image, label, sources = case
+    small = series_from_volume(image[:, :, 10:20])
+    segmenter = LabelSegmenter(label[:, :, 10:20])
+    analyzer = SeriesAnalyzer(segmenter)
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            analyzer.analyze(small)
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and segmenter.calls == 2 and not segmenter.overlapped
+
+
+def test_confidence_flag_when_segmenter_reports_it(case):
+    image, label, _ = case
+    small = series_from_volume(image[:, :, 10:20])
+    result = SeriesAnalyzer(ConfidentSegmenter(label[:, :, 10:20], 0.4)).analyze(small)
+    assert result.confidence == pytest.approx(0.4)
+    assert any("confidence" in flag for flag in result.qc_flags)
+
+
+def test_refusals(case):
+    image, label, sources = case
+    with pytest.raises(VolumeError):
+        SeriesAnalyzer(LabelSegmenter(label)).analyze(sources[:5] + sources[6:])  # gap
+    with pytest.raises(AnalysisError, match="shape"):
+        SeriesAnalyzer(LabelSegmenter(label[:-1])).analyze(sources)
+    with pytest.raises(AnalysisError, match="labels"):
+        SeriesAnalyzer(LabelSegmenter(label * 3)).analyze(sources)
+
+
+def test_enhanced_multiframe_source(case):
+    image, label, _ = case
+    window = slice(8, 20)
+    classic = series_from_volume(image[:, :, window])
+    enhanced = enhanced_from_series(list(reversed(classic)))
+    result = SeriesAnalyzer(LabelSegmenter(label[:, :, window])).analyze([enhanced])
+    seg = hd.seg.Segmentation.from_dataset(result.seg)
+    decoded = seg.get_pixels_by_source_frame(
+        source_sop_instance_uid=enhanced.SOPInstanceUID,
+        source_frame_numbers=list(range(1, int(enhanced.NumberOfFrames) + 1)),
+        combine_segments=True,
+    )
+    volume_frames = np.stack([np.flip(label[:, :, window][:, :, k].T) for k in range(12)])
+    # Frame order of the enhanced instance may differ from slice order: match by content.
+    assert sorted(map(bytes, decoded)) == sorted(map(bytes, volume_frames))
