@@ -166,3 +166,25 @@ fail_if_port_busy() {
     die "port $1 ($2) is already in use on this machine (a system Orthanc service? another stack?); stop it or choose another port via the environment (see deploy_scripts/common.sh)"
   fi
 }
+
+# render_orthanc_config OUTPUT: orthanc.json from orthanc.json.template and the environment,
+# with the Lua routing script chosen by $ORTHANC_ROUTING (series | instance | none).
+render_orthanc_config() {
+  local lua
+  case "$ORTHANC_ROUTING" in
+    series) lua="$DEPLOY_DIR/route_dicoms.lua" ;;
+    instance) lua="$DEPLOY_DIR/route_dicoms_per_instance.lua" ;;
+    none) lua="" ;;
+    *) die "ORTHANC_ROUTING must be series, instance or none (got '$ORTHANC_ROUTING')" ;;
+  esac
+  if [[ -n "$lua" ]]; then
+    ORTHANC_LUA_SCRIPTS="[\"$lua\"]"
+  else
+    ORTHANC_LUA_SCRIPTS="[]"
+  fi
+  # Listen on every interface only when asked (docker-compose does); loopback otherwise.
+  : "${ORTHANC_REMOTE_ACCESS:=false}"
+  export ORTHANC_LUA_SCRIPTS ORTHANC_REMOTE_ACCESS
+  mkdir -p "$ORTHANC_STORAGE_DIR"
+  python3 "$DEPLOY_DIR/render_orthanc_config.py" "$DEPLOY_DIR/orthanc.json.template" "$1"
+}

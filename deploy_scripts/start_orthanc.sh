@@ -19,24 +19,8 @@ fi
 fail_if_port_busy "$ORTHANC_HTTP_PORT" "Orthanc HTTP"
 fail_if_port_busy "$ORTHANC_DICOM_PORT" "Orthanc DICOM"
 
-case "$ORTHANC_ROUTING" in
-  series) lua="$DEPLOY_DIR/route_dicoms.lua" ;;
-  instance) lua="$DEPLOY_DIR/route_dicoms_per_instance.lua" ;;
-  none) lua="" ;;
-  *) die "ORTHANC_ROUTING must be series, instance or none (got '$ORTHANC_ROUTING')" ;;
-esac
-if [[ -n "$lua" ]]; then
-  ORTHANC_LUA_SCRIPTS="[\"$lua\"]"
-else
-  ORTHANC_LUA_SCRIPTS="[]"
-fi
-# Listen on every interface only when asked (docker-compose does); loopback otherwise.
-: "${ORTHANC_REMOTE_ACCESS:=false}"
-export ORTHANC_LUA_SCRIPTS ORTHANC_REMOTE_ACCESS
-
-mkdir -p "$ORTHANC_STORAGE_DIR"
 config="$HIPPO_RUN_DIR/orthanc.json"
-python3 "$DEPLOY_DIR/render_orthanc_config.py" "$DEPLOY_DIR/orthanc.json.template" "$config"
+render_orthanc_config "$config"
 
 # Orthanc's DICOM networking is dcmtk's: TCP_NODELAY=1 makes its C-STORE several times faster.
 start_service orthanc env TCP_NODELAY=1 "$ORTHANC_BIN" "$config"
