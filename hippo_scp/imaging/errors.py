@@ -18,8 +18,8 @@ class TooFewSlicesError(VolumeError):
 
 
 class MissingGeometryError(VolumeError):
-    """An attribute needed to place a slice in space (position, orientation, spacing) or to
-    cite it (SOP Class / Instance UID) is absent or malformed."""
+    """An attribute needed to place a slice in space (position, orientation, spacing), to cite
+    it (SOP Class / Instance UID) or to scale its values (rescale) is absent or malformed."""
 
 
 class InconsistentGeometryError(VolumeError):

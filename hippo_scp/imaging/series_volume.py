@@ -163,16 +163,25 @@ def _functional_item(ds: Dataset, frame_index: int, sequence: str) -> Dataset | 
     return None
 
 
-def _rescale(source: Dataset | None) -> tuple[float, float]:
-    """RescaleSlope / RescaleIntercept of ``source``; identity when absent."""
+def _rescale(source: Dataset | None, frame_desc: str) -> tuple[float, float]:
+    """RescaleSlope / RescaleIntercept of ``source``; identity when absent.
+
+    A zero or non-numeric slope would silently flatten or poison every measurement, so it is
+    refused rather than defaulted.
+    """
     if source is None:
         return 1.0, 0.0
     slope = source.get("RescaleSlope")
     intercept = source.get("RescaleIntercept")
-    slope_f = float(slope) if slope not in (None, "") else 1.0
-    intercept_f = float(intercept) if intercept not in (None, "") else 0.0
+    try:
+        slope_f = float(slope) if slope not in (None, "") else 1.0
+        intercept_f = float(intercept) if intercept not in (None, "") else 0.0
+    except (TypeError, ValueError) as exc:
+        raise MissingGeometryError(f"{frame_desc}: rescale values are not numeric") from exc
     if not (math.isfinite(slope_f) and math.isfinite(intercept_f)) or slope_f == 0.0:
-        raise MissingGeometryError(f"{describe_instance(source)}: unusable rescale values")
+        raise MissingGeometryError(
+            f"{frame_desc}: unusable rescale (slope {slope_f}, intercept {intercept_f})"
+        )
     return slope_f, intercept_f
 
 
@@ -222,7 +231,7 @@ def _frames_of(ds: Dataset) -> list[_Frame]:
         spacing = _floats(spacing_src.PixelSpacing, 2, "PixelSpacing", frame_desc)
         if not all(0.0 < s <= MAX_SPACING_MM for s in spacing):
             raise AbsurdSizeError(f"{frame_desc}: PixelSpacing {list(spacing)} mm")
-        slope, intercept = _rescale(rescale_src) if rescale_src is not None else (1.0, 0.0)
+        slope, intercept = _rescale(rescale_src, frame_desc)
         result.append(
             _Frame(
                 dataset=ds,

@@ -376,6 +376,11 @@ REFUSALS: dict[str, tuple[Callable[[list[Dataset]], list[Dataset]], type[VolumeE
         MissingGeometryError,
         "ImagePositionPatient",
     ),
+    "zero rescale slope": (
+        _set(4, RescaleSlope="0", RescaleIntercept="0"),
+        MissingGeometryError,
+        "unusable rescale",
+    ),
     "missing pixel data": (_set(3, PixelData=None), MissingPixelDataError, "no Pixel Data"),
     "truncated pixel data": (
         lambda s: _set(3, PixelData=s[3].PixelData[:-100])(s),
