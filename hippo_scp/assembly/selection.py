@@ -175,7 +175,11 @@ class Condition(BaseModel):
 
 
 class SelectionRule(BaseModel):
-    """Conditions that must all hold; the first rule that matches decides."""
+    """Conditions that must all hold; the first rule that matches decides.
+
+    An empty ``conditions`` list matches every series -- useful as a final catch-all ``skip``
+    or ``analyze``. ``min_slices`` overrides the section-wide minimum for this rule.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
