@@ -93,7 +93,11 @@ def _check_native_length(ds: Dataset, keyword: str, frames: int) -> None:
     rows, cols = int(ds.Rows), int(ds.Columns)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if keyword == "PixelData":
-        bits = int(ds.BitsAllocated)
+        bits = int(ds.get("BitsAllocated") or 0)
+        if bits not in (1, 8, 16, 32, 64):
+            raise UndecodablePixelDataError(
+                f"{describe_instance(ds)}: Bits Allocated {bits or 'absent'} is not decodable"
+            )
     else:
         bits = 32 if keyword == "FloatPixelData" else 64
     expected_bits = rows * cols * samples * frames * bits

@@ -387,6 +387,11 @@ REFUSALS: dict[str, tuple[Callable[[list[Dataset]], list[Dataset]], type[VolumeE
         MissingPixelDataError,
         "truncated",
     ),
+    "bits allocated absent": (
+        _set(2, BitsAllocated=None),
+        UndecodablePixelDataError,
+        "Bits Allocated absent",
+    ),
     "corrupt compressed data": (_corrupt_rle, UndecodablePixelDataError, "cannot decode"),
     "one slice": (lambda s: s[:1], TooFewSlicesError, "1 slice(s)"),
     "no slices": (lambda s: [], TooFewSlicesError, "0 slice(s)"),
