@@ -105,6 +105,11 @@ def _sex(value: object) -> str:
     return {"M": "male", "F": "female", "O": "other"}.get(text, text or "not recorded")
 
 
+def _age_sex(age: str, sex: str) -> str:
+    missing = "not recorded"
+    return missing if age == missing and sex == missing else f"{age} / {sex}"
+
+
 def _date(value: object) -> str:
     text = str(value or "").strip()
     if len(text) == 8 and text.isdigit():
@@ -157,19 +162,21 @@ def _pick_slices(label_frames: np.ndarray, count: int) -> list[int]:
 def _tile(
     image: np.ndarray, labels: np.ndarray, width: int, height: int
 ) -> tuple[Image.Image, int, int]:
-    """One montage tile: greyscale slice scaled to fit, with 2-px contours of both labels."""
+    """One montage tile: greyscale slice scaled to fit (aspect kept), with 2-px contours of
+    both labels drawn on the scaled grid so they stay crisp."""
     rows, cols = image.shape
-    scale = max(1, min(width // cols, height // rows))
-    big = np.kron(image, np.ones((scale, scale), dtype=np.uint8))
-    rgb = np.repeat(big[:, :, None], 3, axis=2)
+    scale = min(width / cols, height / rows)
+    size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
+    grey = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
     for structure in (ANTERIOR_STRUCTURE, POSTERIOR_STRUCTURE):
-        mask = np.kron(labels == structure.label, np.ones((scale, scale), dtype=bool))
-        if not mask.any():
+        small = (labels == structure.label).astype(np.uint8)
+        if not small.any():
             continue
+        mask = np.asarray(Image.fromarray(small).resize(size, Image.Resampling.NEAREST)) > 0
         edge = mask & ~ndimage.binary_erosion(mask, iterations=2, border_value=0)
         rgb[edge] = structure.rgb
-    tile = Image.fromarray(rgb, mode="RGB")
-    return tile, tile.width, tile.height
+    return Image.fromarray(rgb, mode="RGB"), size[0], size[1]
 
 
 def render_report(
@@ -198,7 +205,7 @@ def render_report(
     for label, value in (
         ("Patient", content.patient_name),
         ("Patient ID", content.patient_id),
-        ("Age / Sex", f"{content.patient_age} / {content.patient_sex}"),
+        ("Age / Sex", _age_sex(content.patient_age, content.patient_sex)),
         ("Study date", content.study_date),
         ("Series", content.series_description or "-"),
     ):
@@ -245,7 +252,7 @@ def render_report(
         fill=_MUTED,
     )
     top += 30
-    cell_w, cell_h = (WIDTH - 48) // MONTAGE_COLUMNS, 190
+    cell_w, cell_h = (WIDTH - 48) // MONTAGE_COLUMNS, 215
     shown = _window(image_frames)
     for i, k in enumerate(_pick_slices(label_frames, MONTAGE_COLUMNS * MONTAGE_ROWS)):
         r, c = divmod(i, MONTAGE_COLUMNS)
@@ -262,11 +269,11 @@ def render_report(
 
     # QC flags.
     y = top + MONTAGE_ROWS * cell_h + 10
-    draw.rectangle([16, y, WIDTH - 16, y + 150], fill=_PANEL)
+    draw.rectangle([16, y, WIDTH - 16, y + 136], fill=_PANEL)
     if content.qc_flags:
         draw.text((32, y + 10), "QC flags", font=_font(22, True), fill=_WARN)
         fy = y + 44
-        for flag in list(content.qc_flags)[:4]:
+        for flag in list(content.qc_flags)[:3]:
             draw.text((44, fy), f"!  {flag}", font=_font(20), fill=_WARN)
             fy += 26
     else:

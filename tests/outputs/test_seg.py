@@ -75,3 +75,22 @@ def test_seg_identifies_the_node(built):
     assert is_own_output(ds)
     assert ds.PatientName == built.sources[0].PatientName
     assert ds.PatientID == built.sources[0].PatientID
+
+
+def test_empty_prediction_still_gives_valid_objects(nifti_case, tmp_path):
+    """No hippocampus found: the SEG keeps its (empty) frames, the SR reports 0 mm³."""
+    from tests.dicom_factory import series_from_volume
+    from tests.outputs.conftest import build_outputs
+
+    image, label = nifti_case
+    sources = series_from_volume(image[:, :, 10:18])
+    out = build_outputs(sources, np.zeros_like(label[:, :, 10:18]), tmp_path)
+    assert out.seg.NumberOfFrames == 2 * 8
+    seg = hd.seg.segread(out.seg_path)
+    decoded = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[ds.SOPInstanceUID for ds in out.sources],
+        combine_segments=True,
+    )
+    assert not decoded.any()
+    groups = hd.sr.srread(out.sr_path).content.get_volumetric_roi_measurement_groups()
+    assert [g.get_measurements(name=codes.SCT.Volume)[0].value for g in groups] == [0, 0, 0]
