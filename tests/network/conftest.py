@@ -28,6 +28,9 @@ from hippo_scp.config import DEFAULT_WEIGHTS_PATH
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HIPPO_SCP = Path(sys.executable).with_name("hippo-scp")
+import os as _os
+
+_SHIM = _os.environ.get("HIPPO_SHIM")
 
 
 def free_port() -> int:
@@ -108,7 +111,7 @@ class NodeProcess:
 
     def start(self, timeout: float = 90.0) -> NodeProcess:
         command = [
-            str(HIPPO_SCP),
+            *([sys.executable, _SHIM] if _SHIM else [str(HIPPO_SCP)]),
             "serve",
             "--config",
             str(self.config),

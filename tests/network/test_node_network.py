@@ -32,7 +32,7 @@ CROP_FOLDERS = {
     "Study2": "14_HCropVolume",
     "Study3": "11_HCropVolume",
 }
-SERIES_LIMIT = 400_000  # bytes: every HippoCrop series fits, a 60-slice series does not
+SERIES_LIMIT = 250_000  # bytes: every HippoCrop series (<= 183 kB) fits, 128 slices do not
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -184,10 +184,10 @@ def test_three_studies_in_one_association_give_one_result_set_each(
 def test_series_over_the_memory_limit_is_refused_and_node_keeps_serving(
     node_a: NodeProcess, sink_a: Sink, test_volumes: Path, tmp_path: Path
 ) -> None:
-    # A 64-slice copy of a crop series with new UIDs: about twice the per-series limit.
+    # A 128-slice copy of a crop series with new UIDs: more than twice the per-series limit.
     sources = sorted((test_volumes / "Study1" / CROP_FOLDERS["Study1"]).glob("*.dcm"))
     series_uid = generate_uid()
-    for k in range(64):
+    for k in range(128):
         ds = pydicom.dcmread(sources[k % len(sources)])
         ds.SeriesInstanceUID = series_uid
         ds.SOPInstanceUID = generate_uid()
@@ -197,9 +197,11 @@ def test_series_over_the_memory_limit_is_refused_and_node_keeps_serving(
         ds.save_as(tmp_path / f"{k:03d}.dcm")
     before = len(sink_a.snapshot())
 
-    result = storescu(node_a.port, tmp_path)
-    text = (result.stdout + result.stderr).lower()
-    assert "out of resources" in text or "a700" in text, text[-2000:]
+    result = run(
+        "storescu", "-v", "-aec", "HIPPOAI", "+sd", "127.0.0.1", str(node_a.port), str(tmp_path)
+    )  # fmt: skip
+    text = result.stdout + result.stderr
+    assert "Refused: OutOfResources" in text, text[-2000:]
 
     ok = run("echoscu", "-aec", "HIPPOAI", "127.0.0.1", str(node_a.port))
     assert ok.returncode == 0
