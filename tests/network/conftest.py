@@ -28,9 +28,9 @@ from hippo_scp.config import DEFAULT_WEIGHTS_PATH
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HIPPO_SCP = Path(sys.executable).with_name("hippo-scp")
-import os as _os
-
-_SHIM = _os.environ.get("HIPPO_SHIM")
+#: Optional override of the command that runs the node (space-separated), e.g. to test an
+#: installed build: ``HIPPO_SCP_COMMAND="/opt/hippo/bin/hippo-scp"``.
+NODE_COMMAND = os.environ.get("HIPPO_SCP_COMMAND", "").split() or [str(HIPPO_SCP)]
 
 
 def free_port() -> int:
@@ -111,7 +111,7 @@ class NodeProcess:
 
     def start(self, timeout: float = 90.0) -> NodeProcess:
         command = [
-            *([sys.executable, _SHIM] if _SHIM else [str(HIPPO_SCP)]),
+            *NODE_COMMAND,
             "serve",
             "--config",
             str(self.config),
