@@ -390,15 +390,19 @@ def series_to_volume(
         normal = np.cross(first.orientation[:3], first.orientation[3:])
         step_vector, slice_spacing = normal / np.linalg.norm(normal) * thickness, thickness
 
-    # Decode each instance once (a multi-frame instance holds many slices).
-    decoded: dict[int, np.ndarray] = {}
+    # Decode each instance once; only multi-frame instances (several slices) are kept around.
+    multi_frame: dict[int, np.ndarray] = {}
     rows, columns = first.rows, first.columns
     voxels = np.empty((columns, rows, len(ordered)), dtype=np.float32)
     for k, frame in enumerate(ordered):
-        key = id(frame.dataset)
-        if key not in decoded:
-            decoded[key] = decode_stored_values(frame.dataset)
-        values = _modality_values(frame, decoded[key][frame.index])
+        if frame_count(frame.dataset) == 1:
+            stored = decode_stored_values(frame.dataset)[0]
+        else:
+            key = id(frame.dataset)
+            if key not in multi_frame:
+                multi_frame[key] = decode_stored_values(frame.dataset)
+            stored = multi_frame[key][frame.index]
+        values = _modality_values(frame, stored)
         voxels[:, :, k] = np.flip(values).T
 
     row_spacing, column_spacing = first.pixel_spacing

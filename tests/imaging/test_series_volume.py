@@ -433,6 +433,8 @@ def test_minimum_slice_count_is_configurable(base_series: list[Dataset]) -> None
     with pytest.raises(TooFewSlicesError, match="at least 40"):
         series_to_volume(base_series, min_slices=40)
     assert series_to_volume(base_series[:3], min_slices=3).voxels.shape[2] == 3
+    single = series_to_volume(base_series[:1], min_slices=1)  # thickness is all there is
+    assert single.voxels.shape[2] == 1 and single.spacing_mm[2] == 1.0
 
 
 def test_voxel_limit_is_checked_before_decoding(base_series: list[Dataset]) -> None:
