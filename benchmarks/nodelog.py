@@ -1,0 +1,70 @@
+"""Read the node's own timing breakdown from its JSON log (``--log-format json``).
+
+The sender logs one line per delivered result set::
+
+    series s-0635db4369: results delivered to SINK@127.0.0.1:34887 (32 instances, trigger
+    release): receive 102 ms, queue 0 ms, assemble 1134 ms, infer 1002 ms, encode 8502 ms,
+    send 1288 ms; anterior ...
+
+``release_to_sent_ms`` = queue + assemble + infer + encode + send: inside the node, from the
+trigger (association release or settle) to the results stored at the destination.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+
+_DELIVERED = re.compile(
+    r"series (?P<series>s-[0-9a-f]+): results delivered to (?P<dest>\S+) "
+    r"\((?P<instances>\S+) instances, trigger (?P<trigger>[^)]+)\): (?P<parts>[^;]*)"
+)
+_PART = re.compile(r"(\w+) (\d+(?:\.\d+)?) ms")
+AFTER_TRIGGER = ("queue", "assemble", "infer", "encode", "send")
+
+
+def series_label(series_uid: str) -> str:
+    """Same label the node logs (hippo_scp.assembly.series_store.series_label)."""
+    return "s-" + hashlib.sha256(series_uid.encode("ascii", "replace")).hexdigest()[:10]
+
+
+def deliveries(log_path: Path) -> list[dict]:
+    out = []
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        if "results delivered" not in line:
+            continue
+        try:
+            record = json.loads(line)
+            message, stamp = record.get("message", ""), record.get("time")
+        except ValueError:
+            message, stamp = line, None
+        match = _DELIVERED.search(message)
+        if not match:
+            continue
+        timings = {name: float(ms) for name, ms in _PART.findall(match["parts"])}
+        item = {
+            "series": match["series"],
+            "destination": match["dest"],
+            "trigger": match["trigger"],
+            "timings_ms": timings,
+            "release_to_sent_ms": sum(timings.get(k, 0.0) for k in AFTER_TRIGGER),
+        }
+        if stamp:
+            with contextlib.suppress(ValueError):
+                item["time"] = datetime.fromisoformat(stamp).timestamp()
+        out.append(item)
+    return out
+
+
+def delivery_for(log_path: Path, series_uid: str) -> dict | None:
+    label = series_label(series_uid)
+    found = [d for d in deliveries(log_path) if d["series"] == label]
+    return found[-1] if found else None
