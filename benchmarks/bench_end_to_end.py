@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             manifest = fresh_study(study_dir, tag=f"e2e-{rep}-{time.time_ns()}")
             uid = manifest["study_instance_uid"]
             P.storescu(orthanc.dicom_port, "ORTHANC", study_dir, nodelay=True)
-            t0 = time.perf_counter()
+            t0, t0_wall = time.perf_counter(), time.time()
             found = wait_modalities(orthanc, uid, ["SR", "SEG", "OT"], t0, args.timeout)
             if "SR" not in found:
                 # The report image may use another modality; SR is what counts.
@@ -114,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
                     row["node_release_to_sent_ms"] = delivery["release_to_sent_ms"]
                     row["node_timings_ms"] = delivery["timings_ms"]
                     row["node_trigger"] = delivery["trigger"]
+                    if "time" in delivery:
+                        # when the node's trigger fired (association release), after t0
+                        row["node_trigger_after_s"] = (
+                            delivery["time"] - delivery["release_to_sent_ms"] / 1000 - t0_wall
+                        )
             result["runs"].append(row)
             print(
                 f"e2e rep {rep}: SR after {fmt_s(row.get('sr_s'))} s "
@@ -138,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     result["node_release_to_sent_s"] = summary(
         [r["node_release_to_sent_ms"] / 1000 for r in runs if "node_release_to_sent_ms" in r]
     )
+    result["node_trigger_after_s"] = summary(
+        [r["node_trigger_after_s"] for r in runs if "node_trigger_after_s" in r]
+    )
     stages = sorted({k for r in runs for k in r.get("node_timings_ms", {})})
     result["node_stages_s"] = {
         k: summary(
@@ -151,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         f"last instance in Orthanc -> SR queryable: {fmt_s(result['sr_s']['median'])} s "
         f"(StableAge {args.stable_age} s; beyond it "
         f"{fmt_s(result['beyond_stable_age_s']['median'])} s)\n"
+        f"HippoCrop association released at the node after "
+        f"{fmt_s(result['node_trigger_after_s']['median'])} s\n"
         f"inside the node, release -> results sent: "
         f"{fmt_s(result['node_release_to_sent_s']['median'])} s; stages "
         + ", ".join(f"{k} {fmt_s(v['median'])}" for k, v in result["node_stages_s"].items())
