@@ -120,9 +120,7 @@ class Destination(_Strict):
         match = re.fullmatch(r"(?P<aet>[^@]+)@(?P<host>[^:@]+|\[[^\]]+\]):(?P<port>\d+)", text)
         if not match:
             raise ValueError(f"destination {text!r} is not of the form AET@HOST:PORT")
-        return cls(
-            ae_title=match["aet"], host=match["host"].strip("[]"), port=int(match["port"])
-        )
+        return cls(ae_title=match["aet"], host=match["host"].strip("[]"), port=int(match["port"]))
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"

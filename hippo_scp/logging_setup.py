@@ -112,9 +112,7 @@ def configure_logging(
     if fmt == "json":
         handler.setFormatter(JsonLineFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-        )
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(PATIENT_GUARD)
     root.addHandler(handler)
     root.setLevel(level)

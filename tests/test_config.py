@@ -69,11 +69,19 @@ def test_overrides_win_over_the_file(tmp_path: Path) -> None:
         ({"node": {"ae_title": "A" * 17}}, "node.ae_title", "longer than 16"),
         ({"node": {"ae_title": "HIP\\PO"}}, "node.ae_title", "backslash"),
         ({"node": {"ae_title": "   "}}, "node.ae_title", "empty"),
-        ({"destinations": [{"ae_title": "", "host": "h", "port": 1}]}, "destinations.0.ae_title", "empty"),
+        (
+            {"destinations": [{"ae_title": "", "host": "h", "port": 1}]},
+            "destinations.0.ae_title",
+            "empty",
+        ),
         ({"triggers": {"settle_seconds": -1}}, "triggers.settle_seconds", "greater than or equal"),
         ({"logging": {"format": "xml"}}, "logging.format", "'text' or 'json'"),
         ({"tls": {"enabled": True}}, "tls", "needs tls.certificate"),
-        ({"access": {"allowed_calling_ae_titles": ["OK", "B" * 20]}}, "access.allowed_calling_ae_titles.1", "longer than 16"),
+        (
+            {"access": {"allowed_calling_ae_titles": ["OK", "B" * 20]}},
+            "access.allowed_calling_ae_titles.1",
+            "longer than 16",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, data: dict, key: str, fragment: str) -> None:
