@@ -164,10 +164,12 @@ def run_analyze(
         return EXIT_USAGE
 
     from hippo_scp.imaging.errors import VolumeError
+    from hippo_scp.logging_setup import PATIENT_GUARD
     from hippo_scp.pipeline.analysis import AnalysisError
 
     outcomes: list[SeriesOutcome] = []
     for entry in scan.selected:
+        PATIENT_GUARD.remember(entry.first_header)  # mask them should any message carry them
         folder = out / _folder_name(entry.series_instance_uid)
         outcome = SeriesOutcome(
             series_instance_uid=entry.series_instance_uid,
@@ -267,14 +269,20 @@ def register(app: typer.Typer) -> None:
         threads: int | None = typer.Option(
             None, "--threads", min=1, help="CPU threads for inference (default: config, 2)."
         ),
+        log_level: str = typer.Option(
+            "WARNING", "--log-level", help="DEBUG, INFO, WARNING or ERROR (logs go to stderr)."
+        ),
     ) -> None:
         """Analyse every selected series under PATH and write SR, SEG and report to --out.
 
         Exits 1 when nothing matched the selection rules and 3 when a selected series was
         refused (results of the other series are still written).
         """
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        from hippo_scp.logging_setup import configure_logging
+
+        # Warnings (refusals) on stderr through the node's patient-identifier guard; stdout
+        # stays clean for the table or the JSON document.
+        configure_logging(level=log_level.upper(), stream=sys.stderr)
         raise typer.Exit(
             run_analyze(path, out, as_json=as_json, config=config, weights=weights, threads=threads)
         )

@@ -227,12 +227,17 @@ class SeriesAnalyzer:
             self._identity,
             tracking_uids=tracking_uids,
         )
+        timings["seg"] = (time.perf_counter() - t0) * 1000
+        t1 = time.perf_counter()
         sr = build_volume_sr(sources, seg, volumes, self._identity, tracking_uids=tracking_uids)
+        timings["sr"] = (time.perf_counter() - t1) * 1000
+        t1 = time.perf_counter()
         first = sources[0]
         content = report_content_from_dataset(first, volumes, flags, self._identity)
         rgb = render_report(content, volume.to_frames(volume.voxels), label_frames)
         report = build_report_sc(first, rgb, self._identity)
         report_png = png_bytes(rgb)
+        timings["report"] = (time.perf_counter() - t1) * 1000
         timings["encode"] = (time.perf_counter() - t0) * 1000
         timings["total"] = (time.perf_counter() - start) * 1000
 
