@@ -171,6 +171,11 @@ class SeriesAnalyzer:
         self._lock = threading.Lock()
 
     @property
+    def segmenter(self) -> SegmenterLike:
+        """The loaded model (e.g. for evaluation scripts that reuse the same weights)."""
+        return self._segmenter
+
+    @property
     def identity(self) -> OutputIdentity:
         return self._identity
 
