@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -36,6 +37,7 @@ from hippo_scp.logging_setup import audit_event, configure_logging
 from hippo_scp.network.outbox import Outbox
 from hippo_scp.network.receiver import StorageReceiver
 from hippo_scp.network.sender import ResultSender, SenderSettings
+from hippo_scp.network.tls import client_context, server_context
 from hippo_scp.pipeline.worker import AnalysisWorker, AnalyzeFn
 
 LOGGER = logging.getLogger(__name__)
@@ -86,6 +88,17 @@ def load_analyzer(config: NodeConfig) -> AnalyzeFn:
     return analyzer.analyze
 
 
+def _tls_or_fail(config: NodeConfig, *, client: bool) -> ssl.SSLContext | None:
+    """Build the TLS context now so a bad certificate stops start-up with one line."""
+    try:
+        if client:
+            needed = any(d.tls for d in config.destinations)
+            return client_context(config.tls) if needed else None
+        return server_context(config.tls)
+    except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+        raise StartupError(f"tls: cannot load certificates: {error}") from None
+
+
 @dataclass
 class NodeAddress:
     host: str
@@ -110,6 +123,7 @@ class Node:
                 dimse_timeout_s=config.node.dimse_timeout_s,
                 network_timeout_s=config.node.network_timeout_s,
                 max_pdu_bytes=config.node.max_pdu_bytes,
+                tls_context=_tls_or_fail(config, client=True),
             ),
         )
         self.worker = AnalysisWorker(
@@ -119,6 +133,7 @@ class Node:
             on_results=self.sender.wake,
             reanalyze_unchanged=config.triggers.reanalyze_unchanged,
         )
+        _tls_or_fail(config, client=False)  # fail fast; the receiver builds its own
         self.receiver = StorageReceiver(config, self.store)
         self.address: NodeAddress | None = None
 

@@ -114,7 +114,7 @@ class Outbox:
                     LOGGER.warning("outbox: removed an incomplete result set %s", child.name)
             waiting += len(self.pending(destination))
         for folder in self.directory.iterdir():
-            if folder.is_dir() and folder.name not in self.destinations:
+            if folder.is_dir() and folder.name not in (*self.destinations, "quarantine"):
                 left = [p for p in folder.iterdir() if not p.name.startswith(".")]
                 if left:
                     LOGGER.warning(
@@ -168,6 +168,16 @@ class Outbox:
 
     def count(self) -> int:
         return sum(len(self.pending(d)) for d in self.destinations)
+
+    def quarantine(self, item: OutboxItem, file: Path) -> Path:
+        """Move a file that can never be sent out of the queue (kept for inspection)."""
+        target = self.directory / "quarantine" / item.destination / item.item_id
+        target.mkdir(parents=True, exist_ok=True)
+        destination = target / file.name
+        os.replace(file, destination)
+        if not item.files():
+            shutil.rmtree(item.path, ignore_errors=True)
+        return destination
 
     def delivered(self, item: OutboxItem, file: Path) -> bool:
         """Remove a file the destination has confirmed; True when the whole set is done."""

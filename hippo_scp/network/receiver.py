@@ -34,6 +34,7 @@ from hippo_scp.assembly.series_store import SeriesStore, StoreOutcome
 from hippo_scp.config import AccessSection, NodeConfig
 from hippo_scp.logging_setup import PATIENT_GUARD, audit_event
 from hippo_scp.network.presentation import supported_contexts
+from hippo_scp.network.tls import server_context
 
 LOGGER = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ class StorageReceiver:
             (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_C_ECHO, self._on_c_echo),
             (evt.EVT_C_STORE, self._on_c_store),
             (evt.EVT_RELEASED, self._on_released),
@@ -186,7 +188,10 @@ class StorageReceiver:
         """Start listening (non-blocking); returns the bound (address, port)."""
         node = self._config.node
         self.server = self.ae.start_server(
-            (node.bind_address, node.port), block=False, evt_handlers=self.handlers()
+            (node.bind_address, node.port),
+            block=False,
+            evt_handlers=self.handlers(),
+            ssl_context=server_context(self._config.tls),
         )
         address, port = self.server.server_address[:2]
         return str(address), int(port)
@@ -251,6 +256,24 @@ class StorageReceiver:
             peer_address=address,
             peer_port=port,
             outcome="accepted",
+        )
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        """pynetdicom's own rejections; the only one left on is max_associations."""
+        calling, address, port = _peer(event.assoc)
+        LOGGER.warning(
+            "association rejected: node.max_associations (%d) reached (calling %r, from %s)",
+            self._config.node.max_associations,
+            calling,
+            address,
+        )
+        audit_event(
+            "association_rejected",
+            calling_ae_title=calling,
+            peer_address=address,
+            peer_port=port,
+            outcome="rejected",
+            reason="maximum number of associations reached",
         )
 
     def _on_c_echo(self, event: evt.Event) -> int:

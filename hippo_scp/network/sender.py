@@ -11,6 +11,7 @@ result is delivered eventually however long the outage.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +42,8 @@ class SenderSettings:
     network_timeout_s: float = 120.0
     connection_timeout_s: float = 10.0
     max_pdu_bytes: int = 131072
+    #: TLS context for destinations with ``tls: true`` (built from the ``tls`` section)
+    tls_context: ssl.SSLContext | None = None
 
 
 @dataclass
@@ -94,19 +97,29 @@ class ResultSender(threading.Thread):
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            now = self._clock()
-            for state in self._states:
-                if self._stop_event.is_set():
-                    break
-                if now >= state.next_attempt and self._outbox.pending(state.folder):
-                    self._attempt(state)
-            waits = [
-                s.next_attempt - self._clock()
-                for s in self._states
-                if s.next_attempt > self._clock() and self._outbox.pending(s.folder)
-            ]
-            self._wake.wait(timeout=max(0.05, min(waits)) if waits else 30.0)
+            try:
+                timeout = self._run_once()
+            except Exception:  # the sender must outlive anything (disk errors, bugs)
+                LOGGER.exception("result sender: unexpected error; retrying")
+                timeout = self._settings.retry_initial_s
+            self._wake.wait(timeout=timeout)
             self._wake.clear()
+
+    def _run_once(self) -> float:
+        """Attempt every destination that is due; return how long to sleep."""
+        now = self._clock()
+        for state in self._states:
+            if self._stop_event.is_set():
+                break
+            if now >= state.next_attempt and self._outbox.pending(state.folder):
+                self._attempt(state)
+        now = self._clock()
+        waits = [
+            s.next_attempt - now
+            for s in self._states
+            if s.next_attempt > now and self._outbox.pending(s.folder)
+        ]
+        return max(0.05, min(waits)) if waits else 30.0
 
     def flush_once(self) -> bool:
         """One attempt per destination, ignoring backoff (shutdown); True if all delivered."""
@@ -149,14 +162,26 @@ class ResultSender(threading.Thread):
                 self._outbox.delivered(item, item.path / "none.dcm")
             return True
         syntaxes: dict[str, set[str]] = {}
-        for _, path in files:
+        readable: list[tuple[OutboxItem, Path]] = []
+        for item, path in files:
             try:
                 meta = read_file_meta_info(path)
                 syntaxes.setdefault(str(meta.MediaStorageSOPClassUID), set()).add(
                     str(meta.TransferSyntaxUID)
                 )
-            except Exception:
-                LOGGER.exception("outbox file %s is unreadable; it will be skipped", path.name)
+                readable.append((item, path))
+            except Exception as error:
+                # Retrying cannot fix a corrupt file, and it would block everything behind it.
+                moved = self._outbox.quarantine(item, path)
+                LOGGER.error(
+                    "outbox file %s is unreadable (%s); moved to %s",
+                    path.name,
+                    type(error).__name__,
+                    moved,
+                )
+        files = readable
+        if not files:
+            return True
         settings = self._settings
         ae = AE(ae_title=settings.calling_ae_title)
         ae.requested_contexts = requested_contexts(syntaxes)
@@ -167,9 +192,19 @@ class ResultSender(threading.Thread):
         ae.maximum_pdu_size = settings.max_pdu_bytes
         dest = state.destination
         t_assoc = time.perf_counter()
+        tls_args = None
+        if dest.tls:
+            if settings.tls_context is None:
+                LOGGER.error("destination %s needs TLS but no tls section is configured", dest)
+                return False
+            tls_args = (settings.tls_context, dest.host)
         try:
             assoc = ae.associate(
-                dest.host, dest.port, ae_title=dest.ae_title, max_pdu=settings.max_pdu_bytes
+                dest.host,
+                dest.port,
+                ae_title=dest.ae_title,
+                max_pdu=settings.max_pdu_bytes,
+                tls_args=tls_args,
             )
         except Exception as error:
             LOGGER.warning("destination %s: cannot associate: %s", dest, error)
