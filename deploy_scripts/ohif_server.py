@@ -6,6 +6,10 @@ Standard library only (runs with the system python3 or the venv):
 * ``/dicom-web/...`` and ``/wado...`` are forwarded to Orthanc (``--orthanc``), streaming the
   answers (WADO-RS multipart bodies can be large) -- so the browser sees one origin, no CORS;
 * ``/app-config.js`` is our configuration (``--app-config``), not the demo one shipped in dist/;
+* WADO-RS frames of 1-bit (BINARY) SEG instances, which Orthanc 1.10's DICOMweb plugin
+  refuses when a frame is not a whole number of bytes ("Bad number of columns for a
+  black-and-white image"), are cut from the instance here instead (needs pydicom + numpy,
+  i.e. run it with the project's venv python; without them Orthanc's answer is passed on);
 * every other path is a file of ``@ohif/app``'s ``dist/`` (``--dist``); paths that are not
   files (app routes such as ``/viewer?StudyInstanceUIDs=...``) get ``index.html``, because
   OHIF is a single-page app whose ``index.html`` uses absolute paths.
@@ -18,12 +22,16 @@ from __future__ import annotations
 import argparse
 import http.client
 import http.server
+import io
+import json
 import logging
 import mimetypes
 import posixpath
+import re
 import shutil
 import sys
 import urllib.parse
+import uuid
 from pathlib import Path
 
 PROXIED_PREFIXES = ("/dicom-web/", "/dicom-web?", "/wado")
@@ -51,7 +59,33 @@ EXTRA_TYPES = {
     ".webmanifest": "application/manifest+json",
 }
 
+FRAMES_PATH = re.compile(
+    r"^/dicom-web/studies/[^/?]+/series/[^/?]+/instances/(?P<sop>[^/?]+)/frames/(?P<frames>[0-9,]+)$"
+)
+
 log = logging.getLogger("ohif_server")
+
+
+def bitpacked_frames(dicom: bytes, numbers: list[int]) -> list[bytes] | None:
+    """Frames (1-based ``numbers``) of an uncompressed 1-bit multi-frame instance, each
+    re-packed from its first bit (the DICOM pixel data packs frames back to back, so a frame
+    of e.g. 51 x 35 pixels does not start on a byte boundary). None when not applicable."""
+    try:
+        import numpy as np
+        import pydicom
+    except ImportError:
+        return None
+    ds = pydicom.dcmread(io.BytesIO(dicom))
+    if int(ds.get("BitsAllocated", 0)) != 1 or ds.file_meta.TransferSyntaxUID.is_compressed:
+        return None
+    count = int(ds.get("NumberOfFrames", 1))
+    if any(n < 1 or n > count for n in numbers):
+        return None
+    size = int(ds.Rows) * int(ds.Columns)
+    bits = np.unpackbits(np.frombuffer(ds.PixelData, dtype=np.uint8), bitorder="little")
+    return [
+        np.packbits(bits[(n - 1) * size : n * size], bitorder="little").tobytes() for n in numbers
+    ]
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -110,6 +144,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             connection.close()
             self.send_error(502, f"Orthanc unreachable: {error}")
             return
+        if answer.status >= 400 and self.command == "GET":
+            match = FRAMES_PATH.match(self.path)
+            if match and self._send_bitpacked_frames(match["sop"], match["frames"]):
+                connection.close()
+                return
         try:
             self.send_response(answer.status, answer.reason)
             for key, value in answer.getheaders():
@@ -134,6 +173,51 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         finally:
             connection.close()
+
+    def _orthanc_request(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        connection = http.client.HTTPConnection(
+            self.orthanc.hostname, self.orthanc.port or 80, timeout=60
+        )
+        try:
+            connection.request(method, path, body=body)
+            answer = connection.getresponse()
+            data = answer.read()
+            if answer.status != 200:
+                raise OSError(f"Orthanc {method} {path}: HTTP {answer.status}")
+            return data
+        finally:
+            connection.close()
+
+    def _send_bitpacked_frames(self, sop_uid: str, frame_list: str) -> bool:
+        """Answer a WADO-RS frames request from the whole instance; False if not possible."""
+        try:
+            query = json.dumps({"Level": "Instance", "Query": {"SOPInstanceUID": sop_uid}})
+            ids = json.loads(self._orthanc_request("POST", "/tools/find", query.encode()))
+            if len(ids) != 1:
+                return False
+            dicom = self._orthanc_request("GET", f"/instances/{ids[0]}/file")
+            frames = bitpacked_frames(dicom, [int(n) for n in frame_list.split(",")])
+        except (OSError, ValueError) as error:
+            log.warning("frames fallback for %s failed: %s", sop_uid, error)
+            return False
+        if frames is None:
+            return False
+        boundary = uuid.uuid4().hex
+        parts = [
+            b"--%s\r\nContent-Type: application/octet-stream\r\n\r\n%s\r\n"
+            % (boundary.encode(), frame)
+            for frame in frames
+        ]
+        body = b"".join(parts) + b"--%s--\r\n" % boundary.encode()
+        self.send_response(200)
+        self.send_header(
+            "Content-Type",
+            f'multipart/related; type="application/octet-stream"; boundary={boundary}',
+        )
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        return True
 
     # -- static files -----------------------------------------------------------------------
     def _resolve(self, url_path: str) -> Path | None:

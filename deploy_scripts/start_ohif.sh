@@ -15,7 +15,7 @@ if pid="$(service_pid ohif)"; then
 fi
 fail_if_port_busy "$OHIF_PORT" "OHIF viewer"
 
-start_service ohif python3 "$DEPLOY_DIR/ohif_server.py" \
+start_service ohif "$PYTHON" "$DEPLOY_DIR/ohif_server.py" \
   --dist "$OHIF_DIST" --app-config "$DEPLOY_DIR/ohif/app-config.js" \
   --orthanc "$ORTHANC_URL" --bind "$OHIF_BIND" --port "$OHIF_PORT"
 
