@@ -7,6 +7,8 @@ COPY deploy_scripts/ohif/package.json deploy_scripts/ohif/package-lock.json ./
 RUN npm ci --ignore-scripts --no-audit --no-fund
 
 FROM python:3.11-slim
+# pydicom + numpy: the server cuts 1-bit SEG frames Orthanc 1.10 refuses (see ohif_server.py).
+RUN pip install --no-cache-dir pydicom==3.0.2 numpy==2.4.6
 COPY --from=ohif /ohif/node_modules/@ohif/app/dist /srv/ohif/dist
 COPY deploy_scripts/ohif_server.py deploy_scripts/ohif/app-config.js /srv/ohif/
 USER 10001:10001

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import io
 import subprocess
 import sys
 import threading
@@ -108,3 +109,34 @@ def test_dicomweb_is_proxied_with_its_query(ohif: str):
     assert status == 200 and ctype == "application/dicom+json"
     assert body == "orthanc saw /dicom-web/studies?limit=25&offset=0"
     assert fetch(ohif + "/wado?requestType=WADO")[2] == "orthanc saw /wado?requestType=WADO"
+
+
+def test_bitpacked_frames_are_cut_on_bit_boundaries():
+    np = pytest.importorskip("numpy")
+    pydicom = pytest.importorskip("pydicom")
+    sys.path.insert(0, str(DEPLOY))
+    from ohif_server import bitpacked_frames
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 2, size=(3, 5, 7), dtype=np.uint8)  # 35 bits: not byte-aligned
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+    ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 5, 7, 3
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 1, 0
+    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = np.packbits(frames.ravel(), bitorder="little").tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+
+    cut = bitpacked_frames(buffer.getvalue(), [1, 2, 3])
+    assert cut is not None and len(cut) == 3
+    for k, data in enumerate(cut):
+        bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[:35]
+        assert (bits.reshape(5, 7) == frames[k]).all()
+    assert bitpacked_frames(buffer.getvalue(), [4]) is None
