@@ -1,0 +1,249 @@
+"""What makes the node's receive path fast: PDU size, TCP_NODELAY, pynetdicom knobs.
+
+Three parts (``--parts micro,bare,node``):
+
+- ``node``: the node itself (``hippo-scp serve``) with ``node.max_pdu_bytes`` 16384 / 131072
+  (shipped) / 0 (unlimited), receiving Study1 from storescu with ``TCP_NODELAY=1``, alternating
+  with dcmtk storescp (``TCP_NODELAY=1``) as the baseline of the same run.
+- ``bare``: a bare pynetdicom SCP (:mod:`benchmarks.bare_scp`, no node code) with one knob at a
+  time on top of "pynetdicom as shipped": PDU size, TCP_NODELAY on the accepted socket, pydicom
+  validation off, fewer transfer syntaxes, ``recv_into``, a shorter association-reactor sleep.
+  Same alternation, same baseline. Wall time and receiver CPU time per study.
+- ``micro``: in-process CPU cost of the per-association and per-instance steps pynetdicom
+  takes in the node's configuration (deep copy of the node's presentation contexts, encoding
+  one C-STORE-RSP with and without pydicom validation, parsing one instance header), so the
+  knobs above can be explained without network noise.
+
+Printed and saved; it asserts nothing.
+
+    python benchmarks/bench_node_tuning.py [--quick] [--parts micro,bare,node]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import processes as P
+from benchmarks.common import (
+    add_common_args,
+    ratio,
+    reps,
+    result_path,
+    summary,
+    work_dir,
+    write_result,
+)
+from benchmarks.study_factory import cached_study, list_series, source_study
+
+BARE_VARIANTS: dict[str, list[str]] = {
+    "shipped (pdu 16382)": [],
+    "pdu 131072": ["--pdu", "131072"],
+    "pdu 0 (unlimited)": ["--pdu", "0"],
+    "pdu 131072 + nodelay": ["--pdu", "131072", "--nodelay"],
+    "pdu 131072 + no validation": ["--pdu", "131072", "--no-validation"],
+    "pdu 131072 + lean contexts": ["--pdu", "131072", "--contexts", "lean"],
+    "pdu 131072 + recv_into": ["--pdu", "131072", "--fast-recv"],
+    "pdu 131072 + reactor 0.1 ms": ["--pdu", "131072", "--reactor-sleep", "0.0001"],
+    "pdu 131072 + nodelay + no validation + recv_into": [
+        "--pdu",
+        "131072",
+        "--nodelay",
+        "--no-validation",
+        "--fast-recv",
+    ],
+}
+QUICK_BARE = ["shipped (pdu 16382)", "pdu 131072 + no validation"]
+NODE_PDUS = {"node pdu 16384": 16384, "node pdu 131072 (shipped)": 131072, "node pdu 0": 0}
+
+
+# --------------------------------------------------------------------------- micro
+
+
+def _time_op(fn, number: int, repeat: int) -> dict:
+    """CPU microseconds per call: median and min over ``repeat`` batches of ``number`` calls."""
+    per_call = []
+    for _ in range(repeat):
+        start = time.process_time()
+        for _ in range(number):
+            fn()
+        per_call.append((time.process_time() - start) / number * 1e6)
+    return {"median_us": statistics.median(per_call), "min_us": min(per_call)}
+
+
+def micro(quick: bool) -> dict:
+    import copy
+    from io import BytesIO
+
+    import pydicom
+    from pydicom import config
+    from pydicom.filereader import read_dataset
+    from pynetdicom.dimse_messages import C_STORE_RSP
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.dsutils import encode
+
+    from hippo_scp.network.presentation import supported_contexts
+
+    number, repeat = (20, 3) if quick else (200, 7)
+    out: dict = {}
+    contexts = supported_contexts()
+    out["node_presentation_contexts"] = len(contexts)
+    out["node_transfer_syntaxes_per_context"] = len(contexts[-1].transfer_syntax)
+    out["deepcopy_contexts_per_association"] = _time_op(
+        lambda: copy.deepcopy(contexts), max(1, number // 20), repeat
+    )
+
+    def encode_rsp() -> None:
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo = 7
+        rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        rsp.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.12345678901234567890123456789"
+        rsp.Status = 0x0000
+        msg = C_STORE_RSP()
+        msg.primitive_to_message(rsp)
+        list(msg.encode_msg(1, 131072))
+
+    saved = (config.settings.reading_validation_mode, config.settings.writing_validation_mode)
+    out["c_store_rsp_encode_validation_default"] = _time_op(encode_rsp, number, repeat)
+    config.settings.reading_validation_mode = config.IGNORE
+    config.settings.writing_validation_mode = config.IGNORE
+    try:
+        out["c_store_rsp_encode_validation_off"] = _time_op(encode_rsp, number, repeat)
+    finally:
+        config.settings.reading_validation_mode, config.settings.writing_validation_mode = saved
+
+    # one MR instance of Study1 (512x512), as the node's C-STORE handler sees it
+    first = next(iter(list_series(source_study("Study1")).values()))[0]
+    ds = pydicom.dcmread(first)
+    # the encoded data set without file meta, as it arrives in the P-DATA of a C-STORE
+    data = encode(ds, False, True)
+
+    def header_only() -> None:
+        read_dataset(BytesIO(data), False, True, stop_when=lambda t, vr, n: t >= 0x7FE00010)
+
+    def full_decode() -> None:
+        read_dataset(BytesIO(data), False, True)
+
+    out["instance_bytes"] = len(data)
+    out["parse_header_only"] = _time_op(header_only, number, repeat)
+    out["parse_full_dataset"] = _time_op(full_decode, number, repeat)
+    return out
+
+
+# --------------------------------------------------------------------------- network parts
+
+
+def _alternate(procs: dict[str, P.Proc], folder: Path, n: int, manifest: dict) -> dict:
+    names = list(procs)
+    runs: dict[str, list[dict]] = {k: [] for k in names}
+    for rep in range(n):
+        order = names if rep % 2 == 0 else list(reversed(names))
+        for name in order:
+            proc = procs[name]
+            cpu0 = P.cpu_seconds(proc.pid)
+            wall = P.storescu(proc.port, proc.aet, folder, nodelay=True)
+            cpu = P.cpu_seconds(proc.pid) - cpu0
+            if name == "storescp":
+                P.clear_folder(proc.extra["out"])
+            elif name.startswith("node"):
+                P.wait_idle(proc.pid, timeout=300, cpu_fraction=0.1)
+            runs[name].append({"wall_s": wall, "receiver_cpu_s": cpu})
+            print(f"tuning {name:30} rep {rep}: {wall:.3f} s, cpu {cpu:.2f} s", flush=True)
+    base = statistics.median(r["wall_s"] for r in runs["storescp"]) if "storescp" in runs else None
+    out = {}
+    for name, rows in runs.items():
+        wall = summary([r["wall_s"] for r in rows])
+        out[name] = {
+            "wall_s": wall,
+            "receiver_cpu_s": summary([r["receiver_cpu_s"] for r in rows]),
+            "ratio_vs_storescp": ratio(wall["median"], base) if name != "storescp" else None,
+        }
+    return {"instances": manifest["instances"], "bytes": manifest["bytes"], "receivers": out}
+
+
+def bare(work: Path, n: int, quick: bool) -> dict:
+    folder, manifest = cached_study(1)
+    variants = {k: BARE_VARIANTS[k] for k in (QUICK_BARE if quick else BARE_VARIANTS)}
+    procs: dict[str, P.Proc] = {}
+    try:
+        procs["storescp"] = P.start_storescp(work / "storescp", nodelay=True)
+        for i, (name, knobs) in enumerate(variants.items()):
+            procs[name] = P.start_bare_scp(work / f"bare{i}", args=knobs)
+        result = _alternate(procs, folder, n, manifest)
+    finally:
+        for proc in procs.values():
+            proc.stop()
+    result["knobs"] = variants
+    return result
+
+
+def node(work: Path, n: int, quick: bool) -> dict:
+    folder, manifest = cached_study(1)
+    pdus = NODE_PDUS if not quick else {"node pdu 131072 (shipped)": 131072}
+    procs: dict[str, P.Proc] = {}
+    sink = P.ResultSink()
+    try:
+        procs["storescp"] = P.start_storescp(work / "storescp", nodelay=True)
+        for name, pdu in pdus.items():
+            procs[name] = P.start_node(
+                work / f"node-{pdu}",
+                sink.destination,
+                nodelay=True,
+                config_overrides={"node": {"max_pdu_bytes": pdu}},
+            )
+        result = _alternate(procs, folder, n, manifest)
+    finally:
+        for proc in procs.values():
+            proc.stop()
+        sink.close()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(parser, default_reps=7)
+    parser.add_argument("--parts", default="micro,bare,node")
+    args = parser.parse_args(argv)
+    n = reps(args, 7)
+    parts = args.parts.split(",")
+    work = work_dir(args, "tuning")
+    result: dict = {
+        "benchmark": "node_tuning",
+        "quick": args.quick,
+        "reps": n,
+        "sender": "storescu with TCP_NODELAY=1, Study1 (120 instances, 45 MB), one association",
+    }
+    if "micro" in parts:
+        result["micro"] = micro(args.quick)
+        for key, value in result["micro"].items():
+            print(f"micro {key}: {value}")
+    if "bare" in parts:
+        result["bare"] = bare(work, n, args.quick)
+    if "node" in parts:
+        ok, why = P.node_available()
+        if ok:
+            result["node"] = node(work, n, args.quick)
+        else:
+            result["node_error"] = why
+    for part in ("bare", "node"):
+        if part in result:
+            print(f"\n== {part}: median wall s / receiver cpu s / ratio vs storescp ==")
+            for name, data in result[part]["receivers"].items():
+                r = data["ratio_vs_storescp"]
+                print(
+                    f"{name:30} {data['wall_s']['median']:.3f}  "
+                    f"{data['receiver_cpu_s']['median']:.2f}  " + (f"x{r:.2f}" if r else "")
+                )
+    path = write_result(result_path(args, "node_tuning"), result)
+    print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
