@@ -8,7 +8,8 @@
 #           (policy-rc.d), and a running system Orthanc service is stopped: our scripts start
 #           Orthanc as a plain process with their own configuration.
 #   python  .venv with `pip install -r requirements.lock` + `pip install --no-deps -e .`
-#           (torch from the CPU wheel index); skipped when the lock file has not changed.
+#           (torch from the CPU wheel index) + requirements-browser.txt (playwright, for the
+#           OHIF browser tests); skipped when none of these files changed.
 #   ohif    the prebuilt viewer @ohif/app (version pinned in deploy_scripts/ohif/package.json +
 #           package-lock.json) into deploy_scripts/ohif/node_modules (git-ignored).
 set -euo pipefail
@@ -89,6 +90,7 @@ install_apt() {
 # --- python -----------------------------------------------------------------------------------
 install_python() {
   local lock="$REPO_ROOT/requirements.lock" stamp="$VENV/.hippo-install-stamp" want
+  local browser_reqs="$DEPLOY_DIR/requirements-browser.txt"
   if [[ ! -x "$VENV/bin/python" ]]; then
     local base
     base="$(command -v python3.11 || command -v python3 || true)"
@@ -99,9 +101,9 @@ install_python() {
     "$base" -m venv "$VENV"
   fi
   if [[ -f "$lock" ]]; then
-    want="$(cat "$lock" "$REPO_ROOT/pyproject.toml" | sha256sum | cut -c1-64)"
+    want="$(cat "$lock" "$REPO_ROOT/pyproject.toml" "$browser_reqs" | sha256sum | cut -c1-64)"
   else
-    want="$(sha256sum <"$REPO_ROOT/pyproject.toml" | cut -c1-64)"
+    want="$(cat "$REPO_ROOT/pyproject.toml" "$browser_reqs" | sha256sum | cut -c1-64)"
   fi
   if [[ -f "$stamp" && "$(<"$stamp")" == "$want" ]] && [[ -x "$VENV/bin/hippo-scp" ]] \
     && "$VENV/bin/python" -c 'import hippo_scp' >/dev/null 2>&1; then
@@ -117,6 +119,8 @@ install_python() {
     log "python: no requirements.lock; pip install -e .[dev]"
     "$VENV/bin/python" -m pip install -q --extra-index-url "$TORCH_INDEX" -e "${REPO_ROOT}[dev]"
   fi
+  # Playwright (Python API only; it drives the apt chromium) for the OHIF browser tests.
+  "$VENV/bin/python" -m pip install -q -r "$browser_reqs"
   "$VENV/bin/python" -c 'import hippo_scp' || die "hippo_scp does not import after pip install"
   printf '%s\n' "$want" >"$stamp"
   log "python: $VENV ready"
