@@ -219,3 +219,26 @@ def sink_stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple
     finally:
         stack.stop()
         stop_sink(sink)
+
+
+WEIGHTS = REPO / "model_weights" / "hippo_unet.safetensors"
+
+
+def require_node() -> None:
+    if not (REPO / ".venv" / "bin" / "hippo-scp").exists():
+        pytest.skip(".venv/bin/hippo-scp is not installed (deploy_scripts/install.sh)")
+    if not WEIGHTS.exists():
+        pytest.skip(f"{WEIGHTS.relative_to(REPO)} is not there yet (the model is not shipped)")
+
+
+@pytest.fixture(scope="module")
+def node_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The whole stack as the demo runs it: Orthanc (series routing) + hippo-scp + OHIF."""
+    require_orthanc()
+    require_node()
+    stack = Stack.create(tmp_path_factory.mktemp("stack") / "run", routing="series")
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()

@@ -1,0 +1,175 @@
+"""End to end, all real processes on 127.0.0.1: Orthanc + Lua routing + the hippo-scp node.
+
+Study1..3 are sent to Orthanc like a scanner would (storescu, all series); within a bounded
+wait Orthanc must hold exactly one SR + SEG + Secondary Capture per study, with the volumes
+``hippo-scp analyze`` computes on the same files, and nothing may loop afterwards.
+The OHIF browser tests (test_ohif_browser.py) reuse the stack of this module's fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import DEPLOY, REPO, Stack, wait_for
+
+pytestmark = [pytest.mark.network, pytest.mark.e2e, pytest.mark.timeout(900)]
+
+STUDIES = (1, 2, 3)
+RESULT_WAIT_S = 300
+SR_NAMES = {
+    "Anterior hippocampus": "anterior_mm3",
+    "Posterior hippocampus": "posterior_mm3",
+    "Hippocampus": "total_mm3",
+}
+
+
+def results(stack: Stack) -> list[dict]:
+    answer = subprocess.run(
+        [sys.executable, str(DEPLOY / "orthanc_results.py"), "--url", stack.orthanc_url, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return json.loads(answer.stdout)
+
+
+def all_complete(stack: Stack, count: int) -> list[dict] | None:
+    studies = [s for s in results(stack) if s["has_hippocrop"]]
+    if len(studies) >= count and all(
+        all(s["results"][kind] for kind in ("sr", "seg", "sc")) for s in studies
+    ):
+        return studies
+    return None
+
+
+def store_jobs(stack: Stack) -> list[dict]:
+    return [j for j in stack.get("/jobs?expand") if j["Type"] == "DicomModalityStore"]
+
+
+@pytest.fixture(scope="module")
+def analyzed(node_stack: Stack, data_dir: Path, tmp_path_factory) -> dict[str, dict]:
+    """``hippo-scp analyze --json`` on the same studies: volumes by StudyInstanceUID."""
+    out = tmp_path_factory.mktemp("analyze")
+    volumes: dict[str, dict] = {}
+    for n in STUDIES:
+        answer = subprocess.run(
+            [
+                str(REPO / ".venv" / "bin" / "hippo-scp"),
+                "analyze",
+                str(data_dir / "TestVolumes" / f"Study{n}"),
+                "--out",
+                str(out / f"Study{n}"),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert answer.returncode == 0, answer.stderr
+        for series in json.loads(answer.stdout)["series"]:
+            assert series["status"] == "ok", series
+            volumes[series["study_instance_uid"]] = series["result"]["volumes"]
+    return volumes
+
+
+@pytest.fixture(scope="module")
+def processed(node_stack: Stack, data_dir: Path) -> list[dict]:
+    """Send Study1..3 (every series) and wait until each study has its SR + SEG + SC."""
+    started = time.monotonic()
+    for n in STUDIES:
+        node_stack.send(data_dir / "TestVolumes" / f"Study{n}")
+    studies = wait_for(
+        lambda: all_complete(node_stack, len(STUDIES)),
+        RESULT_WAIT_S,
+        "SR + SEG + SC of Study1..3 in Orthanc\n" + node_stack.log("hippo-scp")[-3000:],
+        interval=1.0,
+    )
+    print(f"results of {len(STUDIES)} studies in Orthanc after {time.monotonic() - started:.1f} s")
+    return studies
+
+
+def test_one_sr_seg_sc_per_study(processed: list[dict], node_stack: Stack):
+    assert len(processed) == len(STUDIES)
+    for study in processed:
+        counts = {kind: len(ids) for kind, ids in study["results"].items()}
+        assert counts == {"sr": 1, "seg": 1, "sc": 1}, (study["study_instance_uid"], counts)
+    # Orthanc's own view: 3 studies, 5 scanner series + 3 result series each.
+    assert node_stack.statistics()["CountStudies"] == len(STUDIES)
+    modalities = node_stack.series_by_modality()
+    assert modalities["SR"] == modalities["SEG"] == modalities["OT"] == len(STUDIES)
+
+
+def test_results_come_from_the_node(processed: list[dict], node_stack: Stack):
+    for study in processed:
+        for kind in ("sr", "seg", "sc"):
+            instance = study["results"][kind][0]
+            metadata = node_stack.get(f"/instances/{instance}/metadata?expand")
+            assert metadata["RemoteAET"] == "HIPPOAI"
+            assert metadata["Origin"] == "DicomProtocol"
+            tags = node_stack.get(f"/instances/{instance}/simplified-tags")
+            assert tags["Manufacturer"] == "hippo-scp"
+
+
+def test_volumes_equal_hippo_scp_analyze(processed: list[dict], analyzed: dict[str, dict]):
+    for study in processed:
+        expected = analyzed[study["study_instance_uid"]]
+        got = study["volumes_mm3"]
+        assert set(got) == set(SR_NAMES), got
+        for name, key in SR_NAMES.items():
+            assert got[name] == pytest.approx(expected[key], abs=1e-6), (name, got, expected)
+
+
+def test_nothing_loops(processed: list[dict], node_stack: Stack):
+    """Results are not routed back: counts and jobs stay put well past every timer."""
+    before = node_stack.statistics()
+    jobs_before = len(store_jobs(node_stack))
+    wait_s = int(node_stack.env["ORTHANC_STABLE_AGE"]) + float(node_stack.env["HIPPO_SETTLE"]) + 6
+    time.sleep(wait_s)
+    after = node_stack.statistics()
+    assert after["CountInstances"] == before["CountInstances"]
+    assert after["CountSeries"] == before["CountSeries"]
+    jobs = store_jobs(node_stack)
+    assert len(jobs) == jobs_before
+    # Exactly one store job per scanner series (5 per study), none for the node's results.
+    assert len(jobs) == 5 * len(STUDIES)
+    assert all(j["State"] == "Success" for j in jobs), [j["State"] for j in jobs]
+
+
+@pytest.fixture
+def instance_routed_stack(tmp_path: Path) -> Stack:
+    from .conftest import require_node, require_orthanc
+
+    require_orthanc()
+    require_node()
+    stack = Stack.create(tmp_path / "run", routing="instance")
+    stack.start("--no-ohif")
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def test_node_is_correct_under_per_instance_routing(instance_routed_stack: Stack, data_dir):
+    """route_dicoms_per_instance.lua mixes series (and studies) in associations; the node
+    must still produce exactly one result set per study."""
+    stack = instance_routed_stack
+    for n in (1, 2):
+        stack.send(data_dir / "TestVolumes" / f"Study{n}")
+    studies = wait_for(
+        lambda: all_complete(stack, 2),
+        RESULT_WAIT_S,
+        "results under per-instance routing\n" + stack.log("hippo-scp")[-3000:],
+        interval=1.0,
+    )
+    time.sleep(int(stack.env["ORTHANC_STABLE_AGE"]) + float(stack.env["HIPPO_SETTLE"]) + 6)
+    studies = all_complete(stack, 2)
+    for study in studies:
+        counts = {kind: len(ids) for kind, ids in study["results"].items()}
+        assert counts == {"sr": 1, "seg": 1, "sc": 1}, counts
