@@ -576,12 +576,21 @@ def block_security() -> str:
             "behind a TLS-terminating tunnel such as stunnel) and restrict who may associate "
             "with the access keys below."
         )
-    return (
-        "DICOM TLS (PS3.15 Annex B.1, the BCP 195 TLS profile as provided by Python's `ssl` "
-        "module) is supported for the SCP (`tls.enabled`, `tls.certificate`, "
-        "`tls.private_key`; client certificates verified against `tls.ca_certificates` when "
-        "`tls.require_client_certificate`) and per destination for the SCU "
-        "(`destinations[].tls`)."
+    return "\n".join(
+        [
+            "DICOM TLS (PS3.15 Annex B.1 secure transport connection profile; TLS 1.2 or later, "
+            "Python's `ssl` module):",
+            "",
+            "- **SCP**: with `tls.enabled`, the node's port speaks TLS only (there is no second, "
+            "plain port), presenting `tls.certificate` / `tls.private_key`. Client certificates "
+            "are required and verified against `tls.ca_certificates` when "
+            "`tls.require_client_certificate` is true, and not requested otherwise.",
+            "- **SCU**: a destination with `tls: true` is reached over TLS; the PACS certificate "
+            "and host name are verified against `tls.ca_certificates` (or the system trust "
+            "store), and the node presents its certificate when one is configured. Other "
+            "destinations use plain TCP.",
+            "- An unreadable certificate or key stops start-up with one line (exit 2).",
+        ]
     )
 
 

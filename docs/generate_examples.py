@@ -1,0 +1,285 @@
+"""Regenerate ``docs/examples/`` with the real pipeline on the shared test studies.
+
+What it does, with the same code the node runs (selection rules, ``SeriesAnalyzer``, the SR /
+SEG / SC builders, ``hippo-scp analyze``'s writer):
+
+* Study1: ``sr.dcm``, ``seg.dcm``, ``report.dcm``, ``report.png``, ``result.json`` and
+  ``sr_dsrdump.txt`` (dcmtk's ``dsrdump`` of the SR);
+* Study1..3: ``test_studies.json`` -- volumes, QC flags and model version per study;
+* the validation split of the training data (``model_weights/split.json``, else the documented
+  fixed-seed split): ``validation_metrics.json`` -- Dice and volume error per case and summary,
+  measured with the shipped weights through the inference pipeline;
+
+``docs/build_validation_plan.py`` turns the two JSON files into the validation plan's numbers;
+* ``README.md``: what is in the folder, with the OHIF screenshots of ``docs/img/``.
+
+Run it again whenever the model weights change (``tests/docs`` fails until you do)::
+
+    .venv/bin/python docs/generate_examples.py [--weights FILE] [--data ../shared/data]
+
+``--weights`` defaults to ``$HIPPO_WEIGHTS`` or the shipped ``model_weights/`` file.
+
+The examples hold the anonymised test patients' names and IDs (``PGBM-0xx``) as the real node
+would write them; they carry no other patient data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from docgen import DOCS_DIR, REPO_ROOT, rel  # noqa: E402
+from pydicom import Dataset  # noqa: E402
+
+EXAMPLES_DIR = DOCS_DIR / "examples"
+IMAGES_DIR = DOCS_DIR / "img"
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
+EXAMPLE_STUDY = "Study1"
+TEST_STUDIES = ("Study1", "Study2", "Study3")
+STUDIES_JSON = "test_studies.json"
+VALIDATION_JSON = "validation_metrics.json"
+SPLIT_FILE = REPO_ROOT / "model_weights" / "split.json"
+
+#: SNOMED CT "Volume" (the concept name of every measurement in the SR).
+_VOLUME_CODE = ("118565006", "SCT")
+#: DCM "Tracking Identifier".
+_TRACKING_ID_CODE = ("112039", "DCM")
+
+
+def _code(item: Dataset) -> tuple[str, str]:
+    concept = item.ConceptNameCodeSequence[0]
+    return str(concept.CodeValue), str(concept.CodingSchemeDesignator)
+
+
+def sr_volumes(sr: Dataset) -> dict[str, float]:
+    """Volumes (mm³) in a TID 1500 SR, keyed by the measurement group's tracking identifier."""
+    volumes: dict[str, float] = {}
+
+    def walk(items: Any, group: str | None) -> None:
+        for item in items:
+            if item.get("ConceptNameCodeSequence") is None:
+                continue
+            code = _code(item)
+            if code == _TRACKING_ID_CODE:
+                continue
+            if item.ValueType == "CONTAINER" and "ContentSequence" in item:
+                name = next(
+                    (
+                        str(child.TextValue)
+                        for child in item.ContentSequence
+                        if child.get("ConceptNameCodeSequence") is not None
+                        and _code(child) == _TRACKING_ID_CODE
+                    ),
+                    group,
+                )
+                walk(item.ContentSequence, name)
+            elif item.ValueType == "NUM" and code == _VOLUME_CODE and group:
+                volumes[group] = float(item.MeasuredValueSequence[0].NumericValue)
+
+    walk(sr.ContentSequence, None)
+    return volumes
+
+
+def model_version_of(ds: Dataset) -> str:
+    """The model version an output records in SoftwareVersions (``model <version>``)."""
+    for value in ds.SoftwareVersions:
+        if str(value).startswith("model "):
+            return str(value).removeprefix("model ")
+    raise ValueError("no 'model <version>' value in SoftwareVersions")
+
+
+def load_analyzer(weights: Path, threads: int) -> tuple[Any, Any]:
+    """``(Segmenter, SeriesAnalyzer)`` for ``weights``: the model is loaded once."""
+    from hippo_scp.model.inference import Segmenter
+    from hippo_scp.pipeline.analysis import AnalysisSettings, SeriesAnalyzer
+
+    segmenter = Segmenter(weights_path=weights, num_threads=threads)
+    return segmenter, SeriesAnalyzer(segmenter, AnalysisSettings())
+
+
+def analyse_study(analyzer: Any, study: Path) -> Any:
+    """Select and analyse the one series of ``study`` the default rules pick."""
+    from hippo_scp.assembly.selection import SeriesSelector
+    from hippo_scp.config import NodeConfig
+    from hippo_scp.pipeline.folder_source import scan_folder
+
+    scan = scan_folder(study, SeriesSelector(NodeConfig().selection))
+    if len(scan.selected) != 1:
+        raise SystemExit(f"{study}: expected one selected series, found {len(scan.selected)}")
+    return analyzer.analyze(scan.selected[0].load())
+
+
+def _dsrdump(sr_path: Path) -> str:
+    dsrdump = shutil.which("dsrdump")
+    if dsrdump is None:
+        raise SystemExit("dsrdump (dcmtk) not found: apt-get install dcmtk")
+    # +Pc: print the codes of coded concepts. Run in the folder so nothing names this machine.
+    done = subprocess.run(
+        [dsrdump, "+Pc", sr_path.name],
+        cwd=sr_path.parent,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values, dtype=float)
+    return {
+        "mean": round(float(array.mean()), 4),
+        "median": round(float(np.median(array)), 4),
+        "min": round(float(array.min()), 4),
+        "max": round(float(array.max()), 4),
+    }
+
+
+def evaluate_validation_split(segmenter: Any, data: Path) -> dict[str, Any]:
+    """Dice and volume error of the shipped model on the validation split (NIfTI + labels)."""
+    from hippo_scp.model.dataset import Split, list_case_ids, load_case, make_split
+    from hippo_scp.model.training import dice_score
+
+    training = (getattr(segmenter, "metadata", None) or {}).get("training") or {}
+    hippocampus = data / "hippocampus"
+    if SPLIT_FILE.is_file():
+        split, source = Split.load(SPLIT_FILE), rel(SPLIT_FILE)
+    else:
+        split = make_split(
+            list_case_ids(hippocampus),
+            seed=int(training.get("split_seed", 20240404)),
+            val_fraction=float(training.get("val_fraction", 0.1)),
+        )
+        source = f"make_split(seed={split.seed}, val_fraction={split.val_fraction})"
+    cases = []
+    for case_id in split.validation:
+        case = load_case(hippocampus, case_id)
+        predicted = segmenter.segment(case.image, case.spacing)
+        voxel = float(np.prod(case.spacing))
+        row: dict[str, Any] = {"case": case_id}
+        for name, labels in (("anterior", (1,)), ("posterior", (2,)), ("total", (1, 2))):
+            true_mm3 = float(np.isin(case.label, labels).sum()) * voxel
+            pred_mm3 = float(np.isin(predicted, labels).sum()) * voxel
+            row[f"{name}_true_mm3"] = true_mm3
+            row[f"{name}_pred_mm3"] = pred_mm3
+            row[f"{name}_error_pct"] = round(100 * (pred_mm3 - true_mm3) / true_mm3, 3)
+        row["dice_anterior"] = round(dice_score(predicted, case.label, 1), 4)
+        row["dice_posterior"] = round(dice_score(predicted, case.label, 2), 4)
+        cases.append(row)
+    summary: dict[str, Any] = {
+        key: _summary([c[key] for c in cases]) for key in ("dice_anterior", "dice_posterior")
+    }
+    for name in ("anterior", "posterior", "total"):
+        errors = [c[f"{name}_error_pct"] for c in cases]
+        summary[f"{name}_error_pct"] = _summary(errors)
+        summary[f"{name}_abs_error_pct"] = _summary([abs(e) for e in errors])
+    return {
+        "split": source,
+        "train_cases": len(split.train),
+        "validation_cases": len(cases),
+        "summary": summary,
+        "cases": cases,
+    }
+
+
+def _readme(files: list[str], images: list[Path], version: str, sha: str) -> str:
+    lines = [
+        "# Example outputs",
+        "",
+        "Produced from the shared test study `TestVolumes/Study1` (series `HippoCrop`) by",
+        "[`docs/generate_examples.py`](../generate_examples.py) with the real pipeline; do not",
+        "edit. `tests/docs/test_examples.py` fails when they no longer match what the code and",
+        "the shipped weights produce.",
+        "",
+        f"Model: `{version}` (weights SHA-256 `{sha}`).",
+        "",
+        "| file | what it is |",
+        "|---|---|",
+    ]
+    what = {
+        "sr.dcm": "Comprehensive 3D SR, TID 1500 measurement report (volumes)",
+        "seg.dcm": "DICOM Segmentation, BINARY, segments 1 anterior and 2 posterior",
+        "report.dcm": "RGB Secondary Capture report page",
+        "report.png": "the same page as PNG",
+        "sr_dsrdump.txt": "`dsrdump +Pc sr.dcm` (dcmtk)",
+        "result.json": "what `hippo-scp analyze` writes next to the objects (no patient data)",
+        STUDIES_JSON: "volumes and QC flags for Study1-3 (input of the validation plan)",
+        VALIDATION_JSON: "Dice and volume error on the validation split (validation plan)",
+    }
+    lines += [f"| [`{name}`]({name}) | {what.get(name, '')} |" for name in files]
+    lines += ["", "![report](report.png)", ""]
+    if images:
+        lines += ["## In OHIF", ""]
+        lines += [f"![{p.stem}](../img/{p.name})" for p in images]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hippo_scp.cli.analyze import write_result
+    from hippo_scp.model.inference import default_weights_path
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, default=default_weights_path())
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=EXAMPLES_DIR)
+    parser.add_argument(
+        "--no-validation", action="store_true", help="skip the validation-split evaluation"
+    )
+    args = parser.parse_args(argv)
+
+    segmenter, analyzer = load_analyzer(args.weights, args.threads)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    studies: dict[str, Any] = {}
+    for name in TEST_STUDIES:
+        result = analyse_study(analyzer, args.data / "TestVolumes" / name)
+        if name == EXAMPLE_STUDY:
+            write_result(result, out)
+            (out / "sr_dsrdump.txt").write_text(_dsrdump(out / "sr.dcm"), encoding="utf-8")
+        studies[name] = {
+            "series_description": result.series_description,
+            "slice_count": result.slice_count,
+            "spacing_mm": list(result.spacing_mm),
+            "volumes_mm3": {
+                key: round(value, 3)
+                for key, value in result.volumes.to_json_dict().items()
+                if key.endswith("_mm3")
+            },
+            "qc_flags": result.qc_flags,
+            "confidence": None if result.confidence is None else round(result.confidence, 4),
+        }
+        print(f"{name}: {studies[name]['volumes_mm3']}")
+    document = {
+        "generated_by": "docs/generate_examples.py",
+        "model_version": analyzer.identity.model_version,
+        "weights_sha256": analyzer.identity.weights_sha256,
+        "studies": studies,
+    }
+    (out / STUDIES_JSON).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    if not args.no_validation:
+        metrics = evaluate_validation_split(segmenter, args.data)
+        metrics = {"model_version": analyzer.identity.model_version, **metrics}
+        (out / VALIDATION_JSON).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        print(f"validation split: {json.dumps(metrics['summary'])}")
+    files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "README.md")
+    images = sorted(IMAGES_DIR.glob("*.png")) if IMAGES_DIR.is_dir() else []
+    (out / "README.md").write_text(
+        _readme(files, images, analyzer.identity.model_version, analyzer.identity.weights_sha256),
+        encoding="utf-8",
+    )
+    print(f"examples written to {rel(out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
