@@ -30,6 +30,7 @@ from benchmarks.common import (
     add_common_args,
     fmt_s,
     loadavg,
+    machine,
     reps,
     result_path,
     summary,
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     work = work_dir(args, "e2e")
     node_port = P.free_port()
     result: dict = {
+        "machine": machine(),
         "benchmark": "end_to_end",
         "quick": args.quick,
         "reps": n,

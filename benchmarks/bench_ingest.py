@@ -32,6 +32,7 @@ from benchmarks.common import (
     add_common_args,
     fmt_s,
     loadavg,
+    machine,
     ratio,
     reps,
     result_path,
@@ -244,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = args.modes.split(",")
     work = work_dir(args, "ingest")
     result: dict = {
+        "machine": machine(),
         "benchmark": "ingest",
         "quick": args.quick,
         "reps": n,

@@ -22,7 +22,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import processes as P
-from benchmarks.common import add_common_args, result_path, work_dir, write_result
+from benchmarks.common import add_common_args, machine, result_path, work_dir, write_result
 from benchmarks.study_factory import fresh_study
 
 MB = 1024 * 1024
@@ -36,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = work_dir(args, "memory")
     studies = args.studies
-    result: dict = {"benchmark": "memory", "quick": args.quick, "studies_in_flight": studies}
+    result: dict = {
+        "machine": machine(),
+        "benchmark": "memory",
+        "quick": args.quick,
+        "studies_in_flight": studies,
+    }
     sink = P.ResultSink()
     node = P.start_node(work / "node", sink.destination, nodelay=True)
     samples: list[tuple[float, float]] = []

@@ -33,6 +33,7 @@ if __package__ in (None, ""):
 from benchmarks import processes as P
 from benchmarks.common import (
     add_common_args,
+    machine,
     ratio,
     reps,
     result_path,
@@ -214,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = args.parts.split(",")
     work = work_dir(args, "tuning")
     result: dict = {
+        "machine": machine(),
         "benchmark": "node_tuning",
         "quick": args.quick,
         "reps": n,

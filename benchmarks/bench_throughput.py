@@ -22,7 +22,15 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import processes as P
-from benchmarks.common import add_common_args, reps, result_path, summary, work_dir, write_result
+from benchmarks.common import (
+    add_common_args,
+    machine,
+    reps,
+    result_path,
+    summary,
+    work_dir,
+    write_result,
+)
 from benchmarks.study_factory import fresh_study
 
 
@@ -99,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(x) for x in (args.concurrency or ("1,2" if args.quick else "1,2,4,8")).split(",")]
     work = work_dir(args, "throughput")
     result: dict = {
+        "machine": machine(),
         "benchmark": "throughput",
         "quick": args.quick,
         "reps": n,
