@@ -145,3 +145,31 @@ def test_decode_instance_keeps_transfer_syntax_and_uids() -> None:
     ds = decode_instance(job.instances[0])
     assert ds.SOPInstanceUID == "9.9.0"
     assert ds.file_meta.MediaStorageSOPInstanceUID == "9.9.0"
+
+
+def test_stop_with_drain_analyses_released_series_still_in_grace() -> None:
+    clock = SimpleNamespace(now=0.0)
+    store = SeriesStore(
+        StoreSettings(settle_seconds=30, release_grace_seconds=10), lambda ds: True,
+        clock=lambda: clock.now,
+    )  # fmt: skip
+    ds = sc_dataset()
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR, buffer.is_little_endian = True, True
+    write_dataset(buffer, ds)
+    data = buffer.getvalue()
+    store.offer(1, ds, lambda: data, len(data), "1.2.840.10008.1.2")
+    store.association_released(1)  # due only in 10 s
+    calls: list[int] = []
+    outbox = FakeOutbox()
+
+    def analyze(datasets):
+        calls.append(len(datasets))
+        raise TooFewSlicesError("one slice")
+
+    worker = AnalysisWorker(store, analyze, outbox, poll_s=0.05)
+    worker.start()
+    worker.stop(drain=True)
+    worker.join(5)
+    assert not worker.is_alive()
+    assert calls == [1]
