@@ -109,9 +109,10 @@ def scan_folder(root: Path, selector: SeriesSelector) -> FolderScan:
     for entry in grouped.values():
         entry.decision = selector.decide(entry.first_header, len(entry.files))
         scan.series.append(entry)
+    # The folder path is not logged at INFO: real-world folders are often named after patients.
+    logger.debug("scanned %s", root)
     logger.info(
-        "scanned %s: %d series (%d selected), %d non-DICOM and %d unreadable files ignored",
-        root,
+        "scan found %d series (%d selected), %d non-DICOM and %d unreadable files ignored",
         len(scan.series),
         len(scan.selected),
         scan.non_dicom_files,
