@@ -3,6 +3,8 @@ non-DICOM files, and applies the node's selection rules."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from hippo_scp.assembly.selection import SelectionConfig, SeriesSelector
@@ -35,3 +37,14 @@ def test_scan_groups_selects_and_ignores_junk(tmp_path):
     loaded = selected.load()
     assert {ds.SOPInstanceUID for ds in loaded} == {ds.SOPInstanceUID for ds in crop}
     assert all("PixelData" in ds for ds in loaded)
+
+
+def test_info_logs_do_not_name_the_folder(tmp_path, caplog):
+    """Folders are often named after the patient; INFO logs must not carry the path."""
+    volume = np.arange(12 * 10 * 9, dtype=np.float32).reshape(12, 10, 9) % 50
+    write_series(series_from_volume(volume), tmp_path / "DOE_JANE_1970")
+    with caplog.at_level(logging.INFO):
+        scan = scan_folder(tmp_path, SeriesSelector(SelectionConfig()))
+    assert len(scan.selected) == 1
+    info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert info and not any("DOE_JANE" in message for message in info)
