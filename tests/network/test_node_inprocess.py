@@ -40,7 +40,7 @@ def fake_result(datasets) -> SimpleNamespace:
 def start_node(tmp_path: Path) -> Iterator:
     nodes: list[Node] = []
 
-    def start(**overrides) -> Node:
+    def start(analyze=fake_result, **overrides) -> Node:
         base = {
             "node": {"bind_address": "127.0.0.1", "port": free_port()},
             "outbox": {"directory": str(tmp_path / "outbox"), "retry_initial_s": 0.2},
@@ -52,7 +52,7 @@ def start_node(tmp_path: Path) -> Iterator:
                 base.setdefault(key, {}).update(value)
             else:
                 base[key] = value
-        node = Node(load_config(None, base), fake_result)
+        node = Node(load_config(None, base), analyze)
         node.start()
         nodes.append(node)
         return node
@@ -126,3 +126,63 @@ def test_own_outputs_are_acknowledged_and_ignored(start_node, tmp_path: Path) ->
         assert sink.snapshot() == []
     finally:
         sink.stop()
+
+
+@pytest.mark.parametrize(
+    "transfer_syntax",
+    [
+        "1.2.840.10008.1.2.5",  # RLE Lossless
+        "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+        "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+        "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    ],
+)
+def test_received_series_decodes_in_every_transfer_syntax(start_node, transfer_syntax) -> None:
+    """What the store keeps is what the reader needs: same voxels whatever the syntax."""
+    import numpy as np
+    from pynetdicom import AE, build_context
+
+    from hippo_scp.imaging.series_volume import series_to_volume
+    from tests.dicom_factory import encode_series, require_transfer_syntax, series_from_volume
+
+    require_transfer_syntax(transfer_syntax)
+    volume = np.random.default_rng(3).integers(0, 900, size=(12, 10, 6), dtype=np.int16)
+    native = series_from_volume(volume)
+    expected = series_to_volume(native).voxels
+    encoded = encode_series(native, transfer_syntax)
+    got: list = []
+    done = threading.Event()
+
+    def analyze(datasets):
+        got.append(series_to_volume(datasets).voxels)
+        done.set()
+        return fake_result(datasets)
+
+    node = start_node(analyze=analyze)
+    scu = AE(ae_title="SCU")
+    scu.requested_contexts = [
+        build_context(encoded[0].SOPClassUID, [transfer_syntax]),
+    ]
+    assoc = scu.associate("127.0.0.1", node.address.port, ae_title="HIPPOAI")
+    assert assoc.is_established
+    assert assoc.accepted_contexts[0].transfer_syntax[0] == transfer_syntax
+    for ds in encoded:
+        assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    assert done.wait(10)
+    np.testing.assert_array_equal(got[0], expected)
+
+
+def test_uncompressed_is_preferred_when_offered(start_node) -> None:
+    from pynetdicom import AE, build_context
+    from pynetdicom.sop_class import MRImageStorage
+
+    node = start_node()
+    scu = AE(ae_title="SCU")
+    offered = ["1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.1"]
+    scu.requested_contexts = [build_context(MRImageStorage, offered)]
+    assoc = scu.associate("127.0.0.1", node.address.port, ae_title="HIPPOAI")
+    try:
+        assert assoc.accepted_contexts[0].transfer_syntax[0] == "1.2.840.10008.1.2.1"
+    finally:
+        assoc.release()
