@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -65,14 +66,27 @@ class Receivers:
         self.procs: dict[tuple[str, str], P.Proc] = {}
         self.errors: dict[str, str] = {}
         self.work = work
-        for mode in modes:
-            nodelay = MODES[mode]
-            for name in names:
-                try:
-                    self.procs[(name, mode)] = self._start(name, nodelay, sink, work / mode)
-                except Exception as error:  # noqa: BLE001 - recorded in the JSON
-                    self.errors[f"{name}/{mode}"] = f"{type(error).__name__}: {error}"[:2000]
-                    print(f"!! {name} ({mode}) did not start: {error}", file=sys.stderr)
+        if "node" in names:
+            P.node_command()  # probe the launcher once, before the parallel start
+            P.node_weights()
+
+        def start(name: str, mode: str) -> None:
+            try:
+                self.procs[(name, mode)] = self._start(name, MODES[mode], sink, work / mode)
+            except Exception as error:  # noqa: BLE001 - recorded in the JSON
+                self.errors[f"{name}/{mode}"] = f"{type(error).__name__}: {error}"[:2000]
+                print(f"!! {name} ({mode}) did not start: {error}", file=sys.stderr)
+
+        # started in parallel (a node loads its model for several seconds)
+        threads = [
+            threading.Thread(target=start, args=(name, mode)) for mode in modes for name in names
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        order = {(n, m): i for i, (m, n) in enumerate((m, n) for m in modes for n in names)}
+        self.procs = dict(sorted(self.procs.items(), key=lambda kv: order[kv[0]]))
 
     @staticmethod
     def _start(name: str, nodelay: bool, sink: P.ResultSink, work: Path) -> P.Proc:

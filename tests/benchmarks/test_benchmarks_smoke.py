@@ -1,0 +1,84 @@
+"""CI smoke test of the benchmarks: the ingest benchmark in quick mode still runs.
+
+One repetition of a tiny study (Study1's HippoCrop series, 32 instances) into dcmtk storescp
+and into the node, as installed and with TCP_NODELAY=1, no Orthanc; it checks the JSON has the
+fields the report reads. It asserts nothing about timings (benchmarks never do). < 60 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.network
+
+
+def _needs(data_dir: Path) -> None:
+    for tool in ("storescp", "storescu", "echoscu"):
+        if not Path("/usr/bin", tool).exists() and not shutil.which(tool):
+            pytest.skip(f"dcmtk {tool} not installed")
+    if not (data_dir / "TestVolumes" / "Study1").is_dir():
+        pytest.skip("TestVolumes/Study1 not available")
+
+
+def test_ingest_quick_smoke(tmp_path: Path, data_dir: Path) -> None:
+    _needs(data_dir)
+    out = tmp_path / "ingest.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    # The node part is skipped only while the node does not exist at all.
+    node_exists = (REPO / "hippo_scp" / "node.py").exists()
+    receivers = "storescp,node" if node_exists else "storescp"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_ingest.py"),
+            "--quick",
+            "--reps",
+            "1",
+            "--sizes",
+            "tiny",
+            "--receivers",
+            receivers,
+            "--orthanc",
+            "no",
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+
+    assert data["benchmark"] == "ingest"
+    assert data["quick"] is True and data["reps"] == 1
+    for key in ("cpu", "cpus", "pynetdicom", "dcmtk", "git_commit", "loadavg_at_start"):
+        assert key in data["machine"]
+    assert not data["start_errors"], data["start_errors"]
+    tiny = data["sizes"]["tiny"]
+    assert tiny["instances"] == 32 and tiny["bytes"] > 0
+    for mode in ("installed", "tuned"):
+        cell = tiny["modes"][mode]
+        assert cell["reps"] == 1
+        for name in receivers.split(","):
+            wall = cell["receivers"][name]["wall_s"]
+            assert wall["n"] == 1 and wall["median"] > 0
+            assert cell["receivers"][name]["receiver_cpu_s"]["n"] == 1
+        if node_exists:
+            assert cell["ratios_vs_storescp"]["node"] > 0
+    if not node_exists:
+        pytest.skip("hippo_scp/node.py does not exist yet: storescp part only")
