@@ -231,7 +231,7 @@ def require_node() -> None:
         pytest.skip(f"{WEIGHTS.relative_to(REPO)} is not there yet (the model is not shipped)")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def node_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The whole stack as the demo runs it: Orthanc (series routing) + hippo-scp + OHIF."""
     require_orthanc()
@@ -242,3 +242,43 @@ def node_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
     finally:
         stack.stop()
+
+
+STUDIES = (1, 2, 3)
+RESULT_WAIT_S = 300
+
+
+def results(stack: Stack) -> list[dict]:
+    answer = subprocess.run(
+        [sys.executable, str(DEPLOY / "orthanc_results.py"), "--url", stack.orthanc_url, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return json.loads(answer.stdout)
+
+
+def all_complete(stack: Stack, count: int) -> list[dict] | None:
+    studies = [s for s in results(stack) if s["has_hippocrop"]]
+    if len(studies) >= count and all(
+        all(s["results"][kind] for kind in ("sr", "seg", "sc")) for s in studies
+    ):
+        return studies
+    return None
+
+
+@pytest.fixture(scope="session")
+def processed(node_stack: Stack, data_dir: Path) -> list[dict]:
+    """Send Study1..3 (every series) and wait until each study has its SR + SEG + SC."""
+    started = time.monotonic()
+    for n in STUDIES:
+        node_stack.send(data_dir / "TestVolumes" / f"Study{n}")
+    studies = wait_for(
+        lambda: all_complete(node_stack, len(STUDIES)),
+        RESULT_WAIT_S,
+        "SR + SEG + SC of Study1..3 in Orthanc\n" + node_stack.log("hippo-scp")[-3000:],
+        interval=1.0,
+    )
+    print(f"results of {len(STUDIES)} studies in Orthanc after {time.monotonic() - started:.1f} s")
+    return studies

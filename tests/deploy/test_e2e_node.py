@@ -3,24 +3,22 @@
 Study1..3 are sent to Orthanc like a scanner would (storescu, all series); within a bounded
 wait Orthanc must hold exactly one SR + SEG + Secondary Capture per study, with the volumes
 ``hippo-scp analyze`` computes on the same files, and nothing may loop afterwards.
-The OHIF browser tests (test_ohif_browser.py) reuse the stack of this module's fixture.
+The OHIF browser tests (test_ohif_browser.py) reuse the same stack (session fixtures).
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import DEPLOY, REPO, Stack, wait_for
+from .conftest import REPO, STUDIES, Stack, all_complete, require_node, require_orthanc, wait_for
 
 pytestmark = [pytest.mark.network, pytest.mark.e2e, pytest.mark.timeout(900)]
 
-STUDIES = (1, 2, 3)
 RESULT_WAIT_S = 300
 SR_NAMES = {
     "Anterior hippocampus": "anterior_mm3",
@@ -29,31 +27,11 @@ SR_NAMES = {
 }
 
 
-def results(stack: Stack) -> list[dict]:
-    answer = subprocess.run(
-        [sys.executable, str(DEPLOY / "orthanc_results.py"), "--url", stack.orthanc_url, "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return json.loads(answer.stdout)
-
-
-def all_complete(stack: Stack, count: int) -> list[dict] | None:
-    studies = [s for s in results(stack) if s["has_hippocrop"]]
-    if len(studies) >= count and all(
-        all(s["results"][kind] for kind in ("sr", "seg", "sc")) for s in studies
-    ):
-        return studies
-    return None
-
-
 def store_jobs(stack: Stack) -> list[dict]:
     return [j for j in stack.get("/jobs?expand") if j["Type"] == "DicomModalityStore"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def analyzed(node_stack: Stack, data_dir: Path, tmp_path_factory) -> dict[str, dict]:
     """``hippo-scp analyze --json`` on the same studies: volumes by StudyInstanceUID."""
     out = tmp_path_factory.mktemp("analyze")
@@ -77,22 +55,6 @@ def analyzed(node_stack: Stack, data_dir: Path, tmp_path_factory) -> dict[str, d
             assert series["status"] == "ok", series
             volumes[series["study_instance_uid"]] = series["result"]["volumes"]
     return volumes
-
-
-@pytest.fixture(scope="module")
-def processed(node_stack: Stack, data_dir: Path) -> list[dict]:
-    """Send Study1..3 (every series) and wait until each study has its SR + SEG + SC."""
-    started = time.monotonic()
-    for n in STUDIES:
-        node_stack.send(data_dir / "TestVolumes" / f"Study{n}")
-    studies = wait_for(
-        lambda: all_complete(node_stack, len(STUDIES)),
-        RESULT_WAIT_S,
-        "SR + SEG + SC of Study1..3 in Orthanc\n" + node_stack.log("hippo-scp")[-3000:],
-        interval=1.0,
-    )
-    print(f"results of {len(STUDIES)} studies in Orthanc after {time.monotonic() - started:.1f} s")
-    return studies
 
 
 def test_one_sr_seg_sc_per_study(processed: list[dict], node_stack: Stack):
@@ -144,8 +106,6 @@ def test_nothing_loops(processed: list[dict], node_stack: Stack):
 
 @pytest.fixture
 def instance_routed_stack(tmp_path: Path) -> Stack:
-    from .conftest import require_node, require_orthanc
-
     require_orthanc()
     require_node()
     stack = Stack.create(tmp_path / "run", routing="instance")
