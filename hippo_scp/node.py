@@ -197,6 +197,9 @@ def run_node(
         configure_logging(
             config.logging.level, config.logging.format, audit_log=config.logging.audit_log
         )
+        if config.logging.level != "DEBUG":
+            # highdicom logs one INFO line per copied module for every SEG / SR it builds.
+            logging.getLogger("highdicom").setLevel(logging.WARNING)
     stop = stop_event or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
