@@ -14,8 +14,10 @@ Trigger rules (why they are what they are):
 * On release, a series whose instances *all* came with that association (the usual
   ``storescu +sd`` / PACS-router case) is due after a short grace period
   (``triggers.release_grace_seconds``). The grace catches senders that open one association
-  per instance: if another association delivers to the series within it, the series switches
-  to the settle rule instead of being analysed one slice at a time.
+  per few instances: if another association delivers to the series within it, the series
+  switches to the settle rule instead of being analysed piecemeal. An association that
+  carried a single single-frame instance never counts as "the whole series" (one association
+  per instance, however slow the sender).
 * A series spread over several associations is due once no open association holds pending
   instances of it and it has been quiet for ``triggers.settle_seconds``.
 * A series is never dispatched twice for the same content (a version counter here; the
@@ -54,6 +56,13 @@ def series_label(series_uid: str) -> str:
     return "s-" + hashlib.sha256(series_uid.encode("ascii", "replace")).hexdigest()[:10]
 
 
+def _frames(header: Dataset) -> int:
+    try:
+        return max(1, int(header.get("NumberOfFrames") or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
 class StoreOutcome(enum.Enum):
     """What happened to an offered instance; the receiver maps it to a C-STORE status."""
 
@@ -73,6 +82,7 @@ class ReceivedInstance:
     transfer_syntax: str
     data: bytes  # the data set as received (deflate already undone), without File Meta
     received_at: float
+    frames: int = 1  # NumberOfFrames: a single multi-frame instance can be a whole series
 
 
 @dataclass(slots=True)
@@ -236,6 +246,7 @@ class SeriesStore:
                 transfer_syntax=str(transfer_syntax),
                 data=data,
                 received_at=now,
+                frames=_frames(header),
             )
             pending = entry.pending.setdefault(association_id, {})
             replaced = pending.get(sop_uid)
@@ -280,7 +291,13 @@ class SeriesStore:
                     entry.version += 1
                 if not entry.committed:
                     continue
-                carried_all = delivered.issuperset(entry.committed)
+                # "Carried the whole series": every instance held came with this association,
+                # and it is more than one lone single-frame instance (a sender that opens one
+                # association per instance must not get its series analysed slice by slice,
+                # however slowly it sends).
+                carried_all = delivered.issuperset(entry.committed) and (
+                    len(delivered) >= 2 or any(i.frames > 1 for i in entry.committed.values())
+                )
                 if (
                     changed
                     and carried_all

@@ -118,7 +118,7 @@ def test_connection_closed_without_release_counts_as_abort() -> None:
     offer(store, 2, "9.4", "9.4.1")
     store.association_released(2)
     store.association_closed(2)  # after a release: nothing to discard
-    clock.advance(1)
+    clock.advance(3)  # a lone instance: settle rule
     assert len(store.collect_ready()) == 1
 
 
@@ -139,7 +139,7 @@ def test_duplicates_are_acknowledged_and_unchanged_resend_is_not_reanalysed() ->
     offer(store, 1, "9.5", "9.5.1")
     assert offer(store, 1, "9.5", "9.5.1") is StoreOutcome.DUPLICATE
     store.association_released(1)
-    clock.advance(1)
+    clock.advance(3)
     assert len(store.collect_ready()) == 1
     # the same series again, unchanged
     assert offer(store, 2, "9.5", "9.5.1") is StoreOutcome.DUPLICATE
@@ -160,11 +160,11 @@ def test_reanalyze_unchanged_when_configured() -> None:
     store = make_store(clock, reanalyze_unchanged=True)
     offer(store, 1, "9.6", "9.6.1")
     store.association_released(1)
-    clock.advance(1)
+    clock.advance(3)
     assert len(store.collect_ready()) == 1
     offer(store, 2, "9.6", "9.6.1")
     store.association_released(2)
-    clock.advance(1)
+    clock.advance(3)
     assert len(store.collect_ready()) == 1
 
 
@@ -210,7 +210,7 @@ def test_analysed_series_is_evicted_after_retention_and_fingerprint_remembered()
     store = make_store(clock)
     offer(store, 1, "9.13", "9.13.1")
     store.association_released(1)
-    clock.advance(1)
+    clock.advance(3)
     (job,) = store.collect_ready()
     store.mark_analysed(job.key, "fp1")
     clock.advance(61)
@@ -247,6 +247,36 @@ def test_next_deadline_tracks_grace_and_settle() -> None:
     store = make_store(clock)
     assert store.next_deadline() is None
     offer(store, 1, "9.15", "9.15.1")
+    offer(store, 1, "9.15", "9.15.2")
     assert store.next_deadline() is None  # pending: only a release can make it due
     store.association_released(1)
     assert store.next_deadline() == clock.now + 1.0
+    offer(store, 2, "9.18", "9.18.1")
+    store.association_released(2)  # a lone instance: only the settle window applies
+    assert store.next_deadline() == clock.now + 1.0
+    clock.advance(1.0)
+    store.collect_ready()
+    assert store.next_deadline() == clock.now + 2.0
+
+
+def test_slow_one_instance_per_association_sender_is_never_analysed_piecemeal() -> None:
+    clock = FakeClock()
+    store = make_store(clock)
+    for i in range(5):  # gaps longer than the grace, shorter than the settle window
+        offer(store, 20 + i, "9.16", f"9.16.{i}")
+        store.association_released(20 + i)
+        clock.advance(2.0)
+        assert store.collect_ready() == []
+    clock.advance(1.0)
+    assert [len(j.instances) for j in store.collect_ready()] == [5]
+
+
+def test_single_multiframe_instance_counts_as_whole_series() -> None:
+    clock = FakeClock()
+    store = make_store(clock)
+    ds = header("9.17", "9.17.1")
+    ds.NumberOfFrames = 40
+    store.offer(1, ds, lambda: b"m" * 100, 100, "1.2.840.10008.1.2.1")
+    store.association_released(1)
+    clock.advance(1.0)
+    assert [j.trigger for j in store.collect_ready()] == ["release"]

@@ -140,7 +140,8 @@ def test_worker_refusal_sends_nothing() -> None:
 
 
 def test_decode_instance_keeps_transfer_syntax_and_uids() -> None:
-    store, _ = _store_with_series(1)
+    store, clock = _store_with_series(1)
+    clock.now += 1  # a lone instance waits for the settle window
     (job,) = store.collect_ready()
     ds = decode_instance(job.instances[0])
     assert ds.SOPInstanceUID == "9.9.0"
@@ -159,6 +160,8 @@ def test_stop_with_drain_analyses_released_series_still_in_grace() -> None:
     write_dataset(buffer, ds)
     data = buffer.getvalue()
     store.offer(1, ds, lambda: data, len(data), "1.2.840.10008.1.2")
+    ds.SOPInstanceUID = generate_uid()
+    store.offer(1, ds, lambda: data, len(data), "1.2.840.10008.1.2")
     store.association_released(1)  # due only in 10 s
     calls: list[int] = []
     outbox = FakeOutbox()
@@ -172,4 +175,4 @@ def test_stop_with_drain_analyses_released_series_still_in_grace() -> None:
     worker.stop(drain=True)
     worker.join(5)
     assert not worker.is_alive()
-    assert calls == [1]
+    assert calls == [2]
