@@ -18,6 +18,7 @@
 #   HIPPO_PORT           the node's DICOM port (11112)
 #   HIPPO_SETTLE         the node's --settle seconds (3)
 #   HIPPO_CONFIG         the node's ae_config.yaml (<repo>/ae_config.yaml when present)
+#   HIPPO_WEIGHTS        model weights to use instead of the configured ones (optional)
 #   SCANNER_AET          calling AE title of send_volume.sh, registered in Orthanc (SCANNER)
 #   OHIF_PORT            port of the OHIF viewer + /dicom-web proxy (3000)
 #   OHIF_BIND            address the OHIF server binds (127.0.0.1)

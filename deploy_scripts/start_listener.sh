@@ -25,6 +25,10 @@ if [[ -f "$HIPPO_CONFIG" ]]; then
 else
   log "no $HIPPO_CONFIG: the node starts with its defaults"
 fi
+# HIPPO_WEIGHTS: other model weights than the configured ones (e.g. a candidate model).
+if [[ -n "${HIPPO_WEIGHTS:-}" ]]; then
+  config_args+=(--weights "$HIPPO_WEIGHTS")
+fi
 # The outbox follows the run folder so that stacks in different run folders stay apart.
 start_service hippo-scp "$HIPPO_SCP" serve "${config_args[@]}" \
   --ae-title "$HIPPO_AET" --port "$HIPPO_PORT" \

@@ -15,7 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, STUDIES, Stack, all_complete, require_node, require_orthanc, wait_for
+from .conftest import (
+    REPO,
+    STUDIES,
+    WEIGHTS,
+    Stack,
+    all_complete,
+    require_node,
+    require_orthanc,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.network, pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -45,6 +54,8 @@ def analyzed(node_stack: Stack, data_dir: Path, tmp_path_factory) -> dict[str, d
                 "--out",
                 str(out / f"Study{n}"),
                 "--json",
+                "--weights",
+                str(WEIGHTS),
             ],
             capture_output=True,
             text=True,
