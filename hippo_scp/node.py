@@ -200,6 +200,11 @@ def run_node(
         if config.logging.level != "DEBUG":
             # highdicom logs one INFO line per copied module for every SEG / SR it builds.
             logging.getLogger("highdicom").setLevel(logging.WARNING)
+    if config.spool.enabled:
+        LOGGER.warning(
+            "spool.enabled is set but the durable spool is not implemented yet: received "
+            "instances are held in memory only"
+        )
     stop = stop_event or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
