@@ -116,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
                 delivery = delivery_for(node.log_path, series_uid)
                 if delivery:
                     row["node_release_to_sent_ms"] = delivery["release_to_sent_ms"]
-                    row["node_timings_ms"] = delivery["timings_ms"]
+                    row["node_timings_ms"] = {
+                        "release grace": delivery["grace_ms"],
+                        **delivery["timings_ms"],
+                    }
                     row["node_trigger"] = delivery["trigger"]
                     if "time" in delivery:
                         # when the node's trigger fired (association release), after t0

@@ -121,7 +121,7 @@ def run_one(proc: P.Proc, name: str, folder: Path, nodelay: bool, manifest: dict
             )
     elif name == "node":
         # the node analyses after release; wait until it is quiet before the next run
-        row["settle_wait_s"] = P.wait_idle(proc.pid, timeout=300, cpu_fraction=0.1)
+        row["settle_wait_s"] = P.wait_node_quiet(proc)
         if not proc.alive():
             raise RuntimeError(f"node died:\n{proc.log_tail()}")
     return row
@@ -205,7 +205,7 @@ def bench_orthanc(receivers: Receivers, work: Path, n: int, modes: list[str]) ->
                 if name == "storescp":
                     P.clear_folder(proc.extra["out"])
                 elif name == "node":
-                    P.wait_idle(proc.pid, timeout=300, cpu_fraction=0.1)
+                    P.wait_node_quiet(proc)
                 runs[key].append(wall)
                 print(f"orthanc -> {key:18} rep {rep}: {wall:.3f} s", flush=True)
         result = {

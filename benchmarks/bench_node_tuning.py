@@ -153,7 +153,7 @@ def _alternate(procs: dict[str, P.Proc], folder: Path, n: int, manifest: dict) -
             if name == "storescp":
                 P.clear_folder(proc.extra["out"])
             elif name.startswith("node"):
-                P.wait_idle(proc.pid, timeout=300, cpu_fraction=0.1)
+                P.wait_node_quiet(proc)
             runs[name].append({"wall_s": wall, "receiver_cpu_s": cpu})
             print(f"tuning {name:30} rep {rep}: {wall:.3f} s, cpu {cpu:.2f} s", flush=True)
     base = statistics.median(r["wall_s"] for r in runs["storescp"]) if "storescp" in runs else None

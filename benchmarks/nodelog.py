@@ -6,8 +6,10 @@ The sender logs one line per delivered result set::
     release): receive 102 ms, queue 0 ms, assemble 1134 ms, infer 1002 ms, encode 8502 ms,
     send 1288 ms; anterior ...
 
-``release_to_sent_ms`` = queue + assemble + infer + encode + send: inside the node, from the
-trigger (association release or settle) to the results stored at the destination.
+``release_to_sent_ms`` = release grace + queue + assemble + infer + encode + send: inside the
+node, from the trigger (association release, or the end of the settle window) to the results
+stored at the destination. ``queue`` counts from the moment the series became due, which for a
+release is ``triggers.release_grace_seconds`` (default 1 s) after it; that grace is added.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def series_label(series_uid: str) -> str:
     return "s-" + hashlib.sha256(series_uid.encode("ascii", "replace")).hexdigest()[:10]
 
 
-def deliveries(log_path: Path) -> list[dict]:
+def deliveries(log_path: Path, release_grace_s: float = 1.0) -> list[dict]:
     out = []
     try:
         lines = log_path.read_text(errors="replace").splitlines()
@@ -55,8 +57,11 @@ def deliveries(log_path: Path) -> list[dict]:
             "destination": match["dest"],
             "trigger": match["trigger"],
             "timings_ms": timings,
-            "release_to_sent_ms": sum(timings.get(k, 0.0) for k in AFTER_TRIGGER),
+            "due_to_sent_ms": sum(timings.get(k, 0.0) for k in AFTER_TRIGGER),
         }
+        grace = release_grace_s * 1000 if item["trigger"].strip() == "release" else 0.0
+        item["grace_ms"] = grace
+        item["release_to_sent_ms"] = item["due_to_sent_ms"] + grace
         if stamp:
             with contextlib.suppress(ValueError):
                 item["time"] = datetime.fromisoformat(stamp).timestamp()

@@ -649,6 +649,17 @@ def memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
+#: the node's triggers.release_grace_seconds default: a series released by its association is
+#: analysed this long after the release
+NODE_RELEASE_GRACE_S = 1.0
+
+
+def wait_node_quiet(proc: Proc, timeout: float = 300) -> float:
+    """After sending to the node: wait out its release grace, then until it is idle."""
+    time.sleep(NODE_RELEASE_GRACE_S + 0.3)
+    return NODE_RELEASE_GRACE_S + 0.3 + wait_idle(proc.pid, timeout, cpu_fraction=0.1)
+
+
 def wait_idle(pid: int, timeout: float, cpu_fraction: float = 0.05, window: float = 0.5) -> float:
     """Wait until the process uses < ``cpu_fraction`` of a core over ``window`` s (bounded)."""
     start = time.monotonic()
