@@ -5,8 +5,8 @@ folder instead of being sent to a PACS. The model is loaded once per process, ho
 studies the folder holds.
 
 Exit codes: 0 every selected series analysed; 1 nothing matched the selection rules;
-2 bad arguments / configuration / weights; 3 at least one selected series was refused (the
-others are still written).
+2 bad arguments / configuration / weights; 3 at least one selected series was refused or failed
+(the others are still written).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class SeriesOutcome:
     study_instance_uid: str
     series_description: str
     folder: Path
-    status: str  # "ok" or "refused"
+    status: str  # "ok", "refused" (VolumeError / AnalysisError) or "failed" (unexpected)
     reason: str = ""
     result: dict[str, Any] | None = None
 
@@ -85,7 +85,8 @@ def _summary_table(outcomes: list[SeriesOutcome]) -> str:
     for o in outcomes:
         name = (o.series_description or o.series_instance_uid)[:24]
         if o.result is None:
-            lines.append(f"{name:<24} {'':>6} {'':>10} {'':>10} {'':>10}  REFUSED: {o.reason}")
+            status = o.status.upper()
+            lines.append(f"{name:<24} {'':>6} {'':>10} {'':>10} {'':>10}  {status}: {o.reason}")
             continue
         v = o.result["volumes"]
         flags = o.result["qc_flags"]
@@ -111,10 +112,6 @@ def run_analyze(
     from hippo_scp.assembly.selection import SeriesSelector
     from hippo_scp.config import ConfigError, load_config
     from hippo_scp.pipeline.folder_source import scan_folder
-
-    def say(text: str) -> None:
-        # With --json, stdout is reserved for the JSON document.
-        typer.echo(text, err=as_json)
 
     if not path.exists():
         typer.echo(f"error: {path} does not exist", err=True)
@@ -180,9 +177,19 @@ def run_analyze(
         )
         try:
             result = analyzer.analyze(entry.load())
-        except (VolumeError, AnalysisError) as error:
-            outcome.status, outcome.reason = "refused", f"{type(error).__name__}: {error}"
-            logger.warning("series %s refused: %s", entry.series_instance_uid, outcome.reason)
+        except Exception as error:
+            # One bad series must not cost the others their results: record it and go on.
+            # VolumeError / AnalysisError are expected refusals; anything else is a failure.
+            expected = isinstance(error, VolumeError | AnalysisError)
+            outcome.status = "refused" if expected else "failed"
+            outcome.reason = f"{type(error).__name__}: {error}"
+            logger.warning(
+                "series %s %s: %s",
+                entry.series_instance_uid,
+                outcome.status,
+                outcome.reason,
+                exc_info=not expected,
+            )
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "result.json").write_text(
                 json.dumps(outcome.to_json_dict(), indent=2, ensure_ascii=False) + "\n"
@@ -197,11 +204,11 @@ def run_analyze(
     if as_json:
         typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
     else:
-        say(_summary_table(outcomes))
-        say(f"results written to {out}")
+        typer.echo(_summary_table(outcomes))
+        typer.echo(f"results written to {out}")
     if refused:
         typer.echo(
-            f"error: {len(refused)} of {len(outcomes)} selected series refused "
+            f"error: {len(refused)} of {len(outcomes)} selected series refused or failed "
             "(see result.json in their folders)",
             err=True,
         )

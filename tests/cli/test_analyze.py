@@ -251,7 +251,7 @@ def test_refused_series_exits_3_and_others_are_written(tmp_path):
     write_series(gappy[:4] + gappy[5:], tmp_path / "in" / "nested" / "gap")
     run = _run(tmp_path / "in", tmp_path / "out", as_json=False, segmenter=StandInSegmenter())
     assert run.code == analyze_cli.EXIT_REFUSED
-    assert "1 of 2 selected series refused" in run.stderr
+    assert "1 of 2 selected series refused or failed" in run.stderr
     # The summary table: one analysed row with volumes, one refused row with the reason.
     assert "HippoCrop" in run.stdout and "mm³" in run.stdout
     assert "REFUSED: SliceGapError" in run.stdout
@@ -284,3 +284,17 @@ def test_help_documents_every_option():
     assert result.exit_code == 0
     for option in ("PATH", "--out", "--json", "--config", "--weights", "--threads"):
         assert option in result.output
+
+
+class BrokenSegmenter(StandInSegmenter):
+    def segment(self, voxels, spacing_mm):
+        raise ZeroDivisionError("boom")
+
+
+def test_unexpected_failure_is_reported_and_does_not_abort(tmp_path):
+    series = _small_series("HippoCrop")
+    write_series(series, tmp_path / "in")
+    run = _run(tmp_path / "in", tmp_path / "out", as_json=True, segmenter=BrokenSegmenter())
+    assert run.code == analyze_cli.EXIT_REFUSED
+    (entry,) = json.loads(run.stdout)["series"]
+    assert entry["status"] == "failed" and "ZeroDivisionError" in entry["reason"]
