@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import sys
 import time
@@ -154,6 +155,19 @@ class Ohif:
         except Exception:  # noqa: BLE001 - no prompt in this OHIF configuration
             pass
 
+    def close_cine(self) -> None:
+        """OHIF opens its cine player for some series; close it (it hides the image)."""
+        close = self.page.locator("[data-cy='cine-player-close']")
+        if close.count():
+            close.first.click()
+
+    def slice_position(self) -> tuple[int, int] | None:
+        """(k, n) from the viewport's "I:.. (k/n)" overlay, None when not shown."""
+        match = re.search(
+            r"\((\d+)/(\d+)\)", self.page.locator("[data-viewportid]").first.inner_text()
+        )
+        return (int(match[1]), int(match[2])) if match else None
+
     def wait_for_colour(self, minimum: int, timeout: float = 90) -> PixelStats:
         """Wait until the viewport shows at least ``minimum`` clearly coloured pixels."""
         deadline = time.monotonic() + timeout
@@ -183,10 +197,14 @@ def capture_all(url: str, study_uid: str, out: Path, studies: int) -> dict[str, 
         stats["list"] = PixelStats.of(ohif.screenshot(out / "ohif_study_list.png"))
         ohif.open_viewer(study_uid)
         ohif.show_series("Report")
-        stats["report"] = ohif.wait_for_colour(500)
+        stats["report"] = ohif.wait_for_colour(20_000)
+        ohif.close_cine()
         ohif.screenshot(out / "ohif_report.png")
+        ohif.show_series("HippoCrop")
+        before = ohif.viewport_stats()
         ohif.show_segmentation("SEG")
-        stats["seg"] = ohif.wait_for_colour(200)
+        ohif.close_cine()
+        stats["seg"] = ohif.wait_for_colour(before.saturated + 2_000)
         ohif.screenshot(out / "ohif_seg_overlay.png")
     return stats
 

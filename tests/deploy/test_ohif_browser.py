@@ -59,6 +59,7 @@ def test_viewer_lists_the_node_series(ohif: Ohif, study1: dict):
 def test_viewer_renders_the_report(ohif: Ohif, study1: dict, shots: Path):
     ohif.show_series("Report")
     stats = ohif.wait_for_colour(20_000)
+    ohif.close_cine()
     ohif.screenshot(shots / "ohif_report.png")
     # The report is a coloured RGB page: large coloured areas, far from black.
     assert stats.saturated >= 20_000 and stats.mean > 30, stats
@@ -68,8 +69,10 @@ def test_viewer_overlays_the_segmentation(ohif: Ohif, study1: dict, shots: Path)
     ohif.show_series("HippoCrop")
     before = ohif.viewport_stats()
     ohif.show_segmentation("SEG")
+    ohif.close_cine()  # OHIF jumps to the first segment's slice by itself
     after = ohif.wait_for_colour(before.saturated + 2_000)
     ohif.screenshot(shots / "ohif_seg_overlay.png")
     assert after.saturated >= before.saturated + 2_000, (before, after)
     body = ohif.page.locator("body").inner_text()
-    assert "HippoCrop" in body
+    assert "HippoCrop" in body  # the overlay sits on the analysed series
+    assert ohif.slice_position() is not None  # a stack position is shown: the image is up
