@@ -17,6 +17,10 @@ Knobs (all off = pynetdicom 3.0 as shipped):
 - ``--keep``: ``raw`` keeps the encoded dataset bytes; ``decode`` decodes it (``event.dataset``).
 - ``--no-validation``: pydicom reading/writing validation off (``config.settings``); pynetdicom
   encodes every C-STORE-RSP with pydicom, which validates each UID/value with a regex.
+- ``--fast-contexts``: the acceptor's presentation contexts as a ``PresentationContext``
+  subclass whose ``__deepcopy__`` copies only the transfer-syntax list (UIDs are immutable
+  strings), passed to ``start_server(contexts=...)``: pynetdicom deep-copies the server's
+  contexts for every association (``RequestHandler._create_association``).
 - ``--contexts``: ``all`` = every storage SOP class x 13 transfer syntaxes; ``lean`` = every
   storage SOP class x the 3 uncompressed ones. pynetdicom deep-copies the supported contexts
   for every association.
@@ -63,6 +67,26 @@ def apply_nodelay() -> None:
     transport.AssociationServer.get_request = get_request
 
 
+def fast_copy_contexts(contexts: list) -> list:
+    """The same contexts as a subclass whose deep copy is a cheap structural copy."""
+    from pynetdicom.presentation import PresentationContext
+
+    class FastCopyContext(PresentationContext):
+        def __deepcopy__(self, memo):  # UIDs and flags are immutable; only lists are copied
+            new = FastCopyContext.__new__(FastCopyContext)
+            new.__dict__.update(self.__dict__)
+            new._transfer_syntax = list(self._transfer_syntax)
+            return new
+
+    out = []
+    for context in contexts:
+        new = FastCopyContext.__new__(FastCopyContext)
+        new.__dict__.update(context.__dict__)
+        new._transfer_syntax = list(context._transfer_syntax)
+        out.append(new)
+    return out
+
+
 def apply_reactor_sleep(seconds: float) -> None:
     """Shorten the 1 ms ``time.sleep`` at the top of ``Association._run_reactor``."""
     import time as _time
@@ -91,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", choices=["raw", "decode"], default="decode")
     parser.add_argument("--no-validation", action="store_true")
     parser.add_argument("--contexts", choices=["all", "lean"], default="all")
+    parser.add_argument("--fast-contexts", action="store_true")
     args = parser.parse_args(argv)
 
     import logging
@@ -136,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         with lock:
             held.clear()
 
+    contexts = fast_copy_contexts(ae.supported_contexts) if args.fast_contexts else None
     server = ae.start_server(
         ("127.0.0.1", args.port),
         block=False,
+        contexts=contexts,
         evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_RELEASED, on_release)],
     )
     stop = threading.Event()

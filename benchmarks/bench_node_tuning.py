@@ -52,15 +52,17 @@ BARE_VARIANTS: dict[str, list[str]] = {
     "pdu 131072 + lean contexts": ["--pdu", "131072", "--contexts", "lean"],
     "pdu 131072 + recv_into": ["--pdu", "131072", "--fast-recv"],
     "pdu 131072 + reactor 0.1 ms": ["--pdu", "131072", "--reactor-sleep", "0.0001"],
-    "pdu 131072 + nodelay + no validation + recv_into": [
+    "pdu 131072 + cheap context copy": ["--pdu", "131072", "--fast-contexts"],
+    "pdu 131072 + nodelay + no validation + recv_into + cheap context copy": [
         "--pdu",
         "131072",
         "--nodelay",
         "--no-validation",
         "--fast-recv",
+        "--fast-contexts",
     ],
 }
-QUICK_BARE = ["shipped (pdu 16382)", "pdu 131072 + no validation"]
+QUICK_BARE = ["shipped (pdu 16382)", "pdu 131072 + cheap context copy"]
 NODE_PDUS = {"node pdu 16384": 16384, "node pdu 131072 (shipped)": 131072, "node pdu 0": 0}
 
 
@@ -99,6 +101,10 @@ def micro(quick: bool) -> dict:
     out["deepcopy_contexts_per_association"] = _time_op(
         lambda: copy.deepcopy(contexts), max(1, number // 20), repeat
     )
+    from benchmarks.bare_scp import fast_copy_contexts
+
+    fast = fast_copy_contexts(contexts)
+    out["deepcopy_contexts_cheap_copy"] = _time_op(lambda: copy.deepcopy(fast), number, repeat)
 
     def encode_rsp() -> None:
         rsp = C_STORE()
@@ -128,11 +134,18 @@ def micro(quick: bool) -> dict:
     def header_only() -> None:
         read_dataset(BytesIO(data), False, True, stop_when=lambda t, vr, n: t >= 0x7FE00010)
 
+    pixel = 0x7FE00010
+    int_ge = int.__ge__
+
+    def header_only_int_ge() -> None:
+        read_dataset(BytesIO(data), False, True, stop_when=lambda t, vr, n: int_ge(t, pixel))
+
     def full_decode() -> None:
         read_dataset(BytesIO(data), False, True)
 
     out["instance_bytes"] = len(data)
     out["parse_header_only"] = _time_op(header_only, number, repeat)
+    out["parse_header_only_int_ge"] = _time_op(header_only_int_ge, number, repeat)
     out["parse_full_dataset"] = _time_op(full_decode, number, repeat)
     return out
 
@@ -166,6 +179,42 @@ def _alternate(procs: dict[str, P.Proc], folder: Path, n: int, manifest: dict) -
             "ratio_vs_storescp": ratio(wall["median"], base) if name != "storescp" else None,
         }
     return {"instances": manifest["instances"], "bytes": manifest["bytes"], "receivers": out}
+
+
+def associations(work: Path, quick: bool) -> dict:
+    """CPU per association: N x C-ECHO (echoscu) to each receiver, receiver CPU / N."""
+    count = 5 if quick else 30
+    procs: dict[str, P.Proc] = {}
+    sink = P.ResultSink()
+    out: dict = {"echoes": count, "receivers": {}}
+    try:
+        procs["storescp"] = P.start_storescp(work / "assoc-storescp", nodelay=True)
+        procs["bare pynetdicom, node's contexts"] = P.start_bare_scp(work / "assoc-b1")
+        procs["bare + cheap context copy"] = P.start_bare_scp(
+            work / "assoc-b2", args=["--fast-contexts"]
+        )
+        ok, _ = P.node_available()
+        if ok:
+            procs["node"] = P.start_node(work / "assoc-node", sink.destination, nodelay=True)
+        for name, proc in procs.items():
+            time.sleep(0.5)
+            cpu0 = P.cpu_seconds(proc.pid)
+            start = time.perf_counter()
+            for _ in range(count):
+                if not P.echo(proc.port, proc.aet):
+                    raise RuntimeError(f"C-ECHO to {name} failed")
+            wall = time.perf_counter() - start
+            cpu = P.cpu_seconds(proc.pid) - cpu0
+            out["receivers"][name] = {
+                "receiver_cpu_ms_per_association": 1000 * cpu / count,
+                "echoscu_wall_ms": 1000 * wall / count,
+            }
+            print(f"assoc {name:35} cpu {1000 * cpu / count:.1f} ms/association", flush=True)
+    finally:
+        for proc in procs.values():
+            proc.stop()
+        sink.close()
+    return out
 
 
 def bare(work: Path, n: int, quick: bool) -> dict:
@@ -209,7 +258,7 @@ def node(work: Path, n: int, quick: bool) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser, default_reps=7)
-    parser.add_argument("--parts", default="micro,bare,node")
+    parser.add_argument("--parts", default="micro,assoc,bare,node")
     args = parser.parse_args(argv)
     n = reps(args, 7)
     parts = args.parts.split(",")
@@ -225,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         result["micro"] = micro(args.quick)
         for key, value in result["micro"].items():
             print(f"micro {key}: {value}")
+    if "assoc" in parts:
+        result["assoc"] = associations(work, args.quick)
     if "bare" in parts:
         result["bare"] = bare(work, n, args.quick)
     if "node" in parts:

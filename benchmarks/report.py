@@ -210,6 +210,20 @@ def tuning(data: dict) -> list[str]:
                 f"| {_x(d.get('ratio_vs_storescp'))} |"
             )
         lines.append("")
+    assoc = data.get("assoc")
+    if assoc:
+        lines += [
+            f"Per association ({assoc['echoes']} x echoscu), receiver CPU:",
+            "",
+            "| receiver | CPU ms / association | echoscu wall ms |",
+            "|---|---:|---:|",
+        ]
+        for name, d in assoc["receivers"].items():
+            lines.append(
+                f"| {name} | {d['receiver_cpu_ms_per_association']:.1f} "
+                f"| {d['echoscu_wall_ms']:.0f} |"
+            )
+        lines.append("")
     micro = data.get("micro")
     if micro:
         lines += ["In-process CPU cost (median of batches, microseconds):", ""]
