@@ -1,0 +1,49 @@
+"""``hippo-scp evaluate``: Dice, HD95 and volume error of a weights file on labelled cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def evaluate_command(
+    data: Path = typer.Option(
+        None,
+        "--data",
+        help="Folder with imagesTr/ and labelsTr/ (default: $HIPPO_DATA_DIR or "
+        "../shared/data/hippocampus next to the repository).",
+    ),
+    weights: Path = typer.Option(
+        None,
+        "--weights",
+        help="Weights file (.safetensors with its .json sidecar); default: the shipped model.",
+    ),
+    cases: str = typer.Option(
+        "split",
+        "--cases",
+        help="'split' = the validation cases of the split.json next to the weights (or the "
+        "shipped split), 'all' = every case, or a FILE (split.json, or one case id per line).",
+    ),
+    csv: Path = typer.Option(
+        None, "--csv", help="Per-case CSV output (default: evaluation.csv next to the weights)."
+    ),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
+) -> None:
+    """Segment labelled cases and report per-case and mean metrics (table + CSV)."""
+    from hippo_scp.model.evaluation import run_evaluation
+
+    run_evaluation(
+        data_dir=data, weights=weights, cases=cases, csv_path=csv, threads=threads, echo=typer.echo
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``evaluate`` to the hippo-scp app."""
+    app.command("evaluate")(evaluate_command)
+
+
+if __name__ == "__main__":
+    _app = typer.Typer(add_completion=False)
+    register(_app)
+    _app()

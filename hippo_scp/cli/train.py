@@ -1,0 +1,96 @@
+"""``hippo-scp train``: train the hippocampus U-Net on the MSD Task04 pairs.
+
+Also runnable on its own as ``python -m hippo_scp.cli.train`` (same options, same code path).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from hippo_scp.model.dataset import SPLIT_SEED, default_data_dir
+
+
+def train_command(
+    data: Path = typer.Option(
+        None,
+        "--data",
+        help="Folder with imagesTr/ and labelsTr/ (default: $HIPPO_DATA_DIR or "
+        "../shared/data/hippocampus next to the repository).",
+    ),
+    out: Path = typer.Option(
+        Path("training_runs/latest"),
+        "--out",
+        help="Output folder: weights + JSON sidecar, split.json, metrics.json, training_curve.png.",
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed for initialisation, sampling and augmentation."
+    ),
+    split_seed: int = typer.Option(
+        SPLIT_SEED, "--split-seed", help="Seed of the train/validation split (keep the default)."
+    ),
+    epochs: int = typer.Option(400, "--epochs", help="Maximum number of epochs."),
+    max_minutes: float = typer.Option(
+        None,
+        "--max-minutes",
+        help="Wall-clock budget; the learning-rate schedule anneals to end exactly at it and the "
+        "best checkpoint is kept.",
+    ),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
+    val_fraction: float = typer.Option(
+        0.1, "--val-fraction", help="Fraction of cases held out for validation."
+    ),
+    limit_cases: int = typer.Option(
+        None, "--limit-cases", help="Use only N cases in total (smoke tests)."
+    ),
+    max_iterations: int = typer.Option(
+        None, "--max-iterations", help="Stop after N optimisation steps (smoke tests)."
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Volumes per optimisation step."),
+    lr: float = typer.Option(1e-2, "--lr", help="Peak AdamW learning rate."),
+    no_augment: bool = typer.Option(
+        False, "--no-augment", help="Disable augmentation (for ablations only)."
+    ),
+    no_deep_supervision: bool = typer.Option(
+        False, "--no-deep-supervision", help="Disable deep supervision (for ablations only)."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train the U-Net; writes the best checkpoint (safetensors + SHA-256 sidecar) to --out."""
+    from hippo_scp.model.training import TrainConfig, train
+
+    if device not in ("cpu", "cuda"):
+        raise typer.BadParameter("--device must be cpu or cuda")
+    cfg = TrainConfig(
+        data_dir=Path(data) if data else default_data_dir(),
+        out_dir=Path(out),
+        seed=seed,
+        split_seed=split_seed,
+        val_fraction=val_fraction,
+        epochs=epochs,
+        max_minutes=max_minutes,
+        threads=threads,
+        limit_cases=limit_cases,
+        max_iterations=max_iterations,
+        device=device,
+        batch_size=batch_size,
+        lr=lr,
+        augment=not no_augment,
+        deep_supervision=not no_deep_supervision,
+        progress=progress,
+    )
+    result = train(cfg, log=typer.echo)
+    typer.echo(f"weights: {result.weights_path} (sha256 {result.weights_sha256})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` to the hippo-scp app."""
+    app.command("train")(train_command)
+
+
+if __name__ == "__main__":
+    _app = typer.Typer(add_completion=False)
+    register(_app)
+    _app()
