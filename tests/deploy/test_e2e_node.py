@@ -144,3 +144,28 @@ def test_node_is_correct_under_per_instance_routing(instance_routed_stack: Stack
     for study in studies:
         counts = {kind: len(ids) for kind, ids in study["results"].items()}
         assert counts == {"sr": 1, "seg": 1, "sc": 1}, counts
+
+
+def test_demo_script_end_to_end(tmp_path: Path):
+    """The README's main command, on its own ports and run folder (install step skipped:
+    tests/run_all.sh has just run install.sh)."""
+    require_orthanc()
+    require_node()
+    stack = Stack.create(tmp_path / "run")
+    if WEIGHTS != REPO / "model_weights" / "hippo_unet.safetensors":
+        stack.env["HIPPO_WEIGHTS"] = str(WEIGHTS)
+    try:
+        answer = stack.script(
+            "demo.sh", "--no-install", "--timeout", "300", timeout=600, check=False
+        )
+        assert answer.returncode == 0, answer.stderr[-3000:]
+        out = answer.stdout
+        assert "SR x1, SEG x1, SC x1" in out
+        for name in SR_NAMES:
+            assert name in out
+        assert f"{stack.ohif_url}/viewer?StudyInstanceUIDs=1." in out
+        assert f"{stack.orthanc_url}/app/explorer.html" in out
+    finally:
+        stopped = stack.script("stop_stack.sh", check=False)
+    assert stopped.returncode == 0
+    assert not list((tmp_path / "run").glob("*.pid")), "stop_stack.sh left PID files"

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,21 @@ def test_ohif_pin_and_config():
     assert "cloudfront" not in config  # the shipped demo data source is replaced
     ignored = (REPO / ".gitignore").read_text()
     assert "deploy_scripts/ohif/node_modules/" in ignored and "/run/" in ignored
+
+
+def test_install_is_fast_and_idempotent_when_everything_is_there():
+    """tests/run_all.sh runs install.sh first; a second run must be a no-op."""
+    if not (REPO / ".venv" / ".hippo-install-stamp").exists():
+        pytest.skip("deploy_scripts/install.sh has not run on this machine")
+    started = time.monotonic()
+    result = subprocess.run(
+        ["bash", str(DEPLOY / "install.sh"), "--no-apt"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "python: " in result.stderr and "up to date" in result.stderr, result.stderr
+    assert "@ohif/app" in result.stderr and "present" in result.stderr, result.stderr
+    assert time.monotonic() - started < 30
