@@ -136,7 +136,19 @@ def block_validation() -> str:
                 name.capitalize(),
                 *(f"{s[f'dice_{name}'][k]:.3f}" for k in ("mean", "median", "min", "max")),
             )
-            for name in ("anterior", "posterior")
+            for name in ("anterior", "posterior", "total")
+            if f"dice_{name}" in s
+        ],
+    )
+    hd95 = table(
+        ["Structure", "Mean HD95 (mm)", "Median", "Worst case"],
+        [
+            (
+                name.capitalize(),
+                *(f"{s[f'hd95_{name}_mm'][k]:.2f}" for k in ("mean", "median", "max")),
+            )
+            for name in ("anterior", "posterior", "total")
+            if f"hd95_{name}_mm" in s
         ],
     )
     volume = table(
@@ -170,6 +182,8 @@ def block_validation() -> str:
         "",
         volume,
     ]
+    if "hd95_anterior_mm" in s:
+        lines += ["", "**95 % Hausdorff distance** (symmetric, surface to surface):", "", hd95]
     sidecar = _load(SIDECAR) or {}
     recorded = sidecar.get("validation") or {}
     if recorded.get("dice_anterior") is not None:

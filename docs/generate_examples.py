@@ -7,8 +7,9 @@ SEG / SC builders, ``hippo-scp analyze``'s writer):
   ``sr_dsrdump.txt`` (dcmtk's ``dsrdump`` of the SR);
 * Study1..3: ``test_studies.json`` -- volumes, QC flags and model version per study;
 * the validation split of the training data (``model_weights/split.json``, else the documented
-  fixed-seed split): ``validation_metrics.json`` -- Dice and volume error per case and summary,
-  measured with the shipped weights through the inference pipeline;
+  fixed-seed split): ``validation_metrics.json`` -- Dice, HD95 and volume error per case
+  (``hippo_scp.model.evaluation``, as ``hippo-scp evaluate``) and summarised, measured with the
+  shipped weights through the inference pipeline;
 
 ``docs/build_validation_plan.py`` turns the two JSON files into the validation plan's numbers;
 * ``README.md``: what is in the folder, with the OHIF screenshots of ``docs/img/``.
@@ -144,9 +145,16 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def evaluate_validation_split(segmenter: Any, data: Path) -> dict[str, Any]:
-    """Dice and volume error of the shipped model on the validation split (NIfTI + labels)."""
+    """Dice, HD95 and volume error of the shipped model on the validation split.
+
+    Per-case metrics come from :func:`hippo_scp.model.evaluation.case_metrics` (what
+    ``hippo-scp evaluate`` reports); the split is ``model_weights/split.json`` when present,
+    else the documented fixed-seed split.
+    """
+    from dataclasses import asdict
+
     from hippo_scp.model.dataset import Split, list_case_ids, load_case, make_split
-    from hippo_scp.model.training import dice_score
+    from hippo_scp.model.evaluation import case_metrics
 
     training = (getattr(segmenter, "metadata", None) or {}).get("training") or {}
     hippocampus = data / "hippocampus"
@@ -163,22 +171,16 @@ def evaluate_validation_split(segmenter: Any, data: Path) -> dict[str, Any]:
     for case_id in split.validation:
         case = load_case(hippocampus, case_id)
         predicted = segmenter.segment(case.image, case.spacing)
-        voxel = float(np.prod(case.spacing))
-        row: dict[str, Any] = {"case": case_id}
-        for name, labels in (("anterior", (1,)), ("posterior", (2,)), ("total", (1, 2))):
-            true_mm3 = float(np.isin(case.label, labels).sum()) * voxel
-            pred_mm3 = float(np.isin(predicted, labels).sum()) * voxel
-            row[f"{name}_true_mm3"] = true_mm3
-            row[f"{name}_pred_mm3"] = pred_mm3
-            row[f"{name}_error_pct"] = round(100 * (pred_mm3 - true_mm3) / true_mm3, 3)
-        row["dice_anterior"] = round(dice_score(predicted, case.label, 1), 4)
-        row["dice_posterior"] = round(dice_score(predicted, case.label, 2), 4)
-        cases.append(row)
-    summary: dict[str, Any] = {
-        key: _summary([c[key] for c in cases]) for key in ("dice_anterior", "dice_posterior")
-    }
+        row = asdict(case_metrics(case_id, predicted, case.label, case.spacing))
+        row.pop("inference_ms", None)
+        cases.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+    summary: dict[str, Any] = {}
     for name in ("anterior", "posterior", "total"):
-        errors = [c[f"{name}_error_pct"] for c in cases]
+        summary[f"dice_{name}"] = _summary([c[f"dice_{name}"] for c in cases])
+        hd95 = [c[f"hd95_{name}_mm"] for c in cases if np.isfinite(c[f"hd95_{name}_mm"])]
+        if hd95:
+            summary[f"hd95_{name}_mm"] = _summary(hd95)
+        errors = [c[f"volume_error_{name}_pct"] for c in cases]
         summary[f"{name}_error_pct"] = _summary(errors)
         summary[f"{name}_abs_error_pct"] = _summary([abs(e) for e in errors])
     return {
