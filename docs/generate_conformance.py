@@ -507,9 +507,11 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
 
 
 def unapplied_sections() -> list[str]:
-    """Config sections no module besides ``config.py`` reads (``.<section>`` never appears).
+    """Config sections that are validated but change nothing.
 
-    Such a section is validated at start-up but changes nothing; the document says so.
+    A section is unapplied when no module besides ``config.py`` reads it (``.<section>`` never
+    appears), or when the code only warns that it is not implemented (``"<section>.<key> is
+    set but ... not implemented"``). The document says so next to each of its keys.
     """
     package = REPO_ROOT / "hippo_scp"
     sources = "\n".join(
@@ -517,10 +519,12 @@ def unapplied_sections() -> list[str]:
         for path in sorted(package.rglob("*.py"))
         if path.name != "config.py"
     )
+    flat = re.sub(r"\"\s*\n\s*\"", "", sources)  # join implicitly concatenated strings
     return [
         name
         for name in NodeConfig.model_fields
         if not re.search(rf"\.{name}\b|[\"']{name}[\"']", sources)
+        or re.search(rf"\b{name}\.\w+ is set but [^\"]*not implemented", flat)
     ]
 
 
