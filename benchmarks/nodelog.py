@@ -73,3 +73,25 @@ def delivery_for(log_path: Path, series_uid: str) -> dict | None:
     label = series_label(series_uid)
     found = [d for d in deliveries(log_path) if d["series"] == label]
     return found[-1] if found else None
+
+
+def audit_events(log_path: Path, since: float = 0.0) -> list[dict]:
+    """The node's audit events (``association_accepted`` / ``_released`` ...) after ``since``
+    (epoch seconds), each with its ``time`` as epoch seconds."""
+    out = []
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        if '"hippo_scp.audit"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+            stamp = datetime.fromisoformat(record["time"]).timestamp()
+        except (ValueError, KeyError):
+            continue
+        if stamp >= since:
+            record["time"] = stamp
+            out.append(record)
+    return out

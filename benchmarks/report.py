@@ -130,8 +130,20 @@ def end_to_end(data: dict) -> list[str]:
     for key, label in (
         ("sr_s", "last instance stored in Orthanc -> SR queryable in Orthanc"),
         ("beyond_stable_age_s", "... minus StableAge (target <= 1 s)"),
-        ("node_trigger_after_s", "last instance -> HippoCrop association released at the node"),
-        ("node_release_to_sent_s", "inside the node: release -> results stored in Orthanc"),
+        (
+            "orthanc_first_association_after_s",
+            "last instance -> Orthanc's first association to the node",
+        ),
+        ("orthanc_last_release_after_s", "last instance -> Orthanc's last association released"),
+        ("node_delivered_after_s", "last instance -> node logs results stored in Orthanc"),
+        (
+            "node_last_release_to_delivered_s",
+            "node, wall: last association released -> results stored",
+        ),
+        (
+            "node_release_to_sent_s",
+            "node's own accounting: release -> results stored (grace + stages)",
+        ),
     ):
         s = data.get(key) or {}
         lines.append(
