@@ -173,10 +173,22 @@ class OutboxSection(_Strict):
 
 
 class SpoolSection(_Strict):
-    """Optional durable spool of received instances, so a crash loses no unanalysed series."""
+    """Optional durable spool of received instances, so a crash loses no unanalysed series.
+
+    See docs/crash_recovery.md: instances of selected series are written here as received,
+    committed when their association is released, and deleted once the series' results are
+    in the outbox; a restarted node analyses the committed series it finds.
+    """
 
     enabled: bool = False
     directory: Path = Path("run/spool")
+    fsync: bool = Field(
+        True,
+        description=(
+            "fsync an association's instances when it is released (not per instance): a "
+            "released series survives a power loss. false: survives a process crash only"
+        ),
+    )
 
 
 class ModelSection(_Strict):

@@ -15,6 +15,9 @@ never stalls the network and a PACS outage never stalls analysis.
 Shutdown (SIGTERM / SIGINT): stop accepting, let associations in progress end (bounded wait),
 finish the analysis in progress and any released series still in its grace period, make one
 last delivery attempt, exit 0. Results not delivered stay in the outbox for the next start.
+Series still waiting for their settle window are lost without the spool (the sender must
+resend them); with ``spool.enabled`` they stay in the spool and are analysed after the next
+start, exactly like after a crash (docs/crash_recovery.md).
 """
 
 from __future__ import annotations
@@ -32,13 +35,14 @@ from pydicom.dataset import Dataset
 
 from hippo_scp.assembly.selection import SeriesSelector, is_own_output
 from hippo_scp.assembly.series_store import DecideFn, SeriesStore, StoreSettings, series_label
+from hippo_scp.assembly.spool import Spool
 from hippo_scp.config import NodeConfig
 from hippo_scp.logging_setup import audit_event, configure_logging
 from hippo_scp.network.outbox import Outbox
 from hippo_scp.network.receiver import StorageReceiver
 from hippo_scp.network.sender import ResultSender, SenderSettings
 from hippo_scp.network.tls import client_context, server_context
-from hippo_scp.pipeline.worker import AnalysisWorker, AnalyzeFn
+from hippo_scp.pipeline.worker import AnalysisWorker, AnalyzeFn, fingerprint
 
 LOGGER = logging.getLogger(__name__)
 
@@ -111,6 +115,11 @@ class Node:
     def __init__(self, config: NodeConfig, analyze: AnalyzeFn) -> None:
         self.config = config
         self.store = SeriesStore(StoreSettings.from_config(config), make_decide(config))
+        self.spool = (
+            Spool(config.spool.directory, fsync=config.spool.fsync)
+            if config.spool.enabled
+            else None
+        )
         self.outbox = Outbox(config.outbox.directory, ResultSender.folders(config.destinations))
         self.sender = ResultSender(
             self.outbox,
@@ -132,15 +141,17 @@ class Node:
             self.outbox,
             on_results=self.sender.wake,
             reanalyze_unchanged=config.triggers.reanalyze_unchanged,
+            spool=self.spool,
         )
         _tls_or_fail(config, client=False)  # fail fast; the receiver builds its own
-        self.receiver = StorageReceiver(config, self.store)
+        self.receiver = StorageReceiver(config, self.store, spool=self.spool)
         self.address: NodeAddress | None = None
 
     def start(self) -> NodeAddress:
         waiting = self.outbox.prepare()
         if waiting:
             LOGGER.info("outbox holds %d result set(s) from before; delivering them", waiting)
+        self._recover_spool()
         self.sender.start()
         self.worker.start()
         try:
@@ -153,6 +164,57 @@ class Node:
         self.address = NodeAddress(host, port)
         return self.address
 
+    def _recover_spool(self) -> None:
+        """Put the committed series of the spool back into the store (before listening)."""
+        if self.spool is None:
+            LOGGER.info(
+                "spool disabled: series received but not yet analysed when the node stops or "
+                "crashes are lost (the sender must send them again)"
+            )
+            return
+        try:
+            self.spool.prepare()
+            recovered = self.spool.recover()
+        except OSError as error:
+            raise StartupError(
+                f"spool: cannot use {self.config.spool.directory}: {error.strerror or error}"
+            ) from None
+        # Content already in the outbox (crash between "results written" and "spool
+        # deleted"): finished, not analysed again.
+        queued = {
+            item.summary().get("content")
+            for destination in self.outbox.destinations
+            for item in self.outbox.pending(destination)
+        }
+        restored = 0
+        for series in recovered:
+            with self.spool.lock:
+                if fingerprint(series.instances) in queued:
+                    LOGGER.info(
+                        "spool: series %s already has results in the outbox; removed from the "
+                        "spool",
+                        series.label,
+                    )
+                    self.spool.discard(series.key, series.commits)
+                    continue
+                if self.store.restore(series.key, series.header, series.instances, series.commits):
+                    restored += 1
+                    LOGGER.info(
+                        "spool: series %s (%d instances) recovered; analysed after the settle "
+                        "window",
+                        series.label,
+                        len(series.instances),
+                    )
+                else:
+                    LOGGER.warning(
+                        "spool: series %s (%d instances) not recovered (not selected any more, "
+                        "or over a memory limit); removed from the spool",
+                        series.label,
+                        len(series.instances),
+                    )
+                    self.spool.discard(series.key, series.commits)
+        LOGGER.info("spool enabled at %s: %d series recovered", self.spool.directory, restored)
+
     def stop(self) -> None:
         """Graceful stop; see the module docstring for the order and why."""
         LOGGER.info("shutting down: no new associations")
@@ -164,7 +226,13 @@ class Node:
         self.worker.stop(drain=True)
         self.worker.join()
         left = self.store.unanalysed_series()
-        if left:
+        if left and self.spool is not None:
+            LOGGER.info(
+                "shutdown: %d series still waiting for their settle window are kept in the "
+                "spool and analysed after the next start",
+                left,
+            )
+        elif left:
             LOGGER.warning(
                 "shutdown: %d series still waiting for their settle window were not analysed "
                 "(no spool: the sender must resend them)",
@@ -200,11 +268,6 @@ def run_node(
         if config.logging.level != "DEBUG":
             # highdicom logs one INFO line per copied module for every SEG / SR it builds.
             logging.getLogger("highdicom").setLevel(logging.WARNING)
-    if config.spool.enabled:
-        LOGGER.warning(
-            "spool.enabled is set but the durable spool is not implemented yet: received "
-            "instances are held in memory only"
-        )
     stop = stop_event or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -30,17 +30,21 @@ Trigger rules (why they are what they are):
   partial now, so its data is freed and it is never analysed; the entry is forgotten when the
   associations that sent it end, so a retry starts clean. Analysed series kept for
   de-duplication are evicted first when memory is short.
+* With the durable spool (:mod:`hippo_scp.assembly.spool`) each entry also knows which spool
+  commits back its content (``spool_commits``) and whether all of it is on disk
+  (``spool_backed``); the spool asks :meth:`SeriesStore.spool_retire` what it may delete.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import itertools
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
@@ -49,6 +53,8 @@ LOGGER = logging.getLogger(__name__)
 
 #: (StudyInstanceUID, SeriesInstanceUID)
 SeriesKey = tuple[str, str]
+
+_GENERATIONS = itertools.count(1)
 
 
 def series_label(series_uid: str) -> str:
@@ -93,9 +99,11 @@ class SeriesJob:
     label: str
     instances: list[ReceivedInstance]
     version: int
-    trigger: str  # "release" or "settle"
+    trigger: str  # "release", "settle" or "restart" (recovered from the spool)
     receive_ms: float  # first instance of this content -> last instance
     queued_at: float
+    generation: int = 0  # which store entry (an evicted and re-created series is a new one)
+    spool_commits: tuple[str, ...] = ()  # spool commits holding these instances
 
 
 @dataclass(slots=True)
@@ -116,6 +124,13 @@ class _SeriesEntry:
     receive_started: float | None = None
     last_activity: float = 0.0
     last_received: float = 0.0
+    generation: int = field(default_factory=lambda: next(_GENERATIONS))
+    #: spool commits holding the committed instances (durable spool only)
+    spool_commits: list[str] = field(default_factory=list)
+    #: False once an analysed series' spool copy is deleted while it is still held here
+    spool_backed: bool = True
+    restored: bool = False
+    refusal: str = "it exceeded a memory limit"
 
     def has_pending(self) -> bool:
         return any(self.pending.values())
@@ -259,9 +274,18 @@ class SeriesStore:
             entry.last_received = now
             return StoreOutcome.STORED
 
-    def association_released(self, association_id: int) -> None:
-        """Commit the association's instances and arm the release / settle triggers."""
+    def association_released(
+        self, association_id: int, spool_commits: dict[SeriesKey, str] | None = None
+    ) -> list[tuple[SeriesKey, str]]:
+        """Commit the association's instances and arm the release / settle triggers.
+
+        ``spool_commits``: the spool commit that now holds each series' instances of this
+        association. Returns the commits that hold nothing new (content already dispatched,
+        or series refused): the caller deletes them.
+        """
         now = self._clock()
+        spool_commits = dict(spool_commits or {})
+        redundant: list[tuple[SeriesKey, str]] = []
         with self._lock:
             for key in self._associations.pop(association_id, set()):
                 entry = self._entries.get(key)
@@ -272,6 +296,7 @@ class SeriesStore:
                 if entry.overflowed:
                     self._forget_overflowed(entry)
                     continue
+                spool_commit = spool_commits.pop(key, None)
                 # The release itself is activity: quiet time (settle) counts from the end of
                 # the last association, not from its last instance.
                 entry.last_activity = now
@@ -289,6 +314,12 @@ class SeriesStore:
                     changed = entry.version == entry.dispatched_version
                 if changed:
                     entry.version += 1
+                if spool_commit is not None:
+                    if changed or entry.version != entry.dispatched_version:
+                        entry.spool_commits.append(spool_commit)
+                        entry.spool_backed = entry.spool_backed or changed
+                    else:
+                        redundant.append((key, spool_commit))
                 if not entry.committed:
                     continue
                 # "Carried the whole series": every instance held came with this association,
@@ -308,7 +339,9 @@ class SeriesStore:
                 elif changed or not carried_all:
                     entry.multi_association = entry.multi_association or not carried_all
                     entry.release_due = None
+            redundant.extend(spool_commits.items())  # series gone or refused meanwhile
             self._changed.notify_all()
+        return redundant
 
     def association_aborted(self, association_id: int) -> None:
         """Discard the association's pending instances: the sender will retry them."""
@@ -408,6 +441,89 @@ class SeriesStore:
                 and (e.has_pending() or (e.committed and e.version != e.dispatched_version))
             )
 
+    # ------------------------------------------------------------------ durable spool
+    def refuse_series(self, key: SeriesKey, reason: str) -> None:
+        """Refuse a series as if over a byte limit (its spool copy cannot be written):
+        its data is freed, it is never analysed, and a retry after its associations end
+        starts clean."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry.overflowed:
+                return
+            entry.overflowed = True
+            entry.refusal = reason
+            self._free_entry_data(entry)
+            if not entry.delivered:
+                self._forget_overflowed(entry)
+
+    def spool_base(self, keys: Iterable[SeriesKey]) -> dict[SeriesKey, list[ReceivedInstance]]:
+        """For each key: the committed instances held here that are no longer in the spool
+        (analysed earlier, spool copy deleted). A release writes them again with its own."""
+        out: dict[SeriesKey, list[ReceivedInstance]] = {}
+        with self._lock:
+            for key in keys:
+                entry = self._entries.get(key)
+                if entry is None or entry.overflowed or entry.spool_backed:
+                    continue
+                if entry.committed:
+                    out[key] = list(entry.committed.values())
+        return out
+
+    def spool_unbacked(self, keys: Iterable[SeriesKey]) -> None:
+        """These series are no longer in the spool (a commit failed): their next release
+        writes everything held again."""
+        with self._lock:
+            for key in keys:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    entry.spool_commits.clear()
+                    entry.spool_backed = False
+
+    def spool_retire(self, job: SeriesJob) -> set[str]:
+        """The job is finished (results in the outbox, or refused): which spool commits may
+        be deleted. None while a newer version of the series waits for its own analysis
+        (that analysis covers the earlier instances too)."""
+        with self._lock:
+            entry = self._entries.get(job.key)
+            if entry is None or entry.generation != job.generation or entry.overflowed:
+                return set(job.spool_commits)
+            if entry.version != job.version:
+                return set()
+            deletable = set(job.spool_commits) | set(entry.spool_commits)
+            entry.spool_commits.clear()
+            if entry.committed and deletable:
+                entry.spool_backed = False
+            return deletable
+
+    def restore(
+        self,
+        key: SeriesKey,
+        header: Dataset,
+        instances: list[ReceivedInstance],
+        spool_commits: tuple[str, ...],
+    ) -> bool:
+        """Put a series recovered from the spool back; it is due after the settle window
+        (its sender may still be resending). False: not selected any more, or over a limit."""
+        now = self._clock()
+        size = sum(len(i.data) for i in instances)
+        with self._lock:
+            if key in self._entries or key in self._ignored or not instances:
+                return False
+            if not self._decide(header):
+                return False
+            entry = _SeriesEntry(key=key, label=series_label(key[1]))
+            if not self._reserve(entry, size, now):
+                return False
+            entry.committed = {i.sop_instance_uid: i for i in instances}
+            entry.version = 1
+            entry.multi_association = True
+            entry.restored = True
+            entry.spool_commits = list(spool_commits)
+            entry.receive_started = entry.last_received = entry.last_activity = now
+            self._entries[key] = entry
+            self._changed.notify_all()
+            return True
+
     @property
     def total_bytes(self) -> int:
         with self._lock:
@@ -445,6 +561,8 @@ class SeriesStore:
 
     def _dispatch(self, entry: _SeriesEntry, now: float) -> SeriesJob:
         trigger = "release" if entry.release_due is not None else "settle"
+        if entry.restored:
+            trigger = "restart"
         started = entry.receive_started if entry.receive_started is not None else now
         job = SeriesJob(
             key=entry.key,
@@ -454,7 +572,10 @@ class SeriesStore:
             trigger=trigger,
             receive_ms=max(0.0, (entry.last_received - started) * 1000.0),
             queued_at=now,
+            generation=entry.generation,
+            spool_commits=tuple(entry.spool_commits),
         )
+        entry.restored = False
         entry.dispatched_version = entry.version
         entry.release_due = None
         entry.multi_association = False
@@ -512,9 +633,7 @@ class SeriesStore:
             return  # another association still sends it; forget when the last one ends
         self._free_entry_data(entry)
         self._entries.pop(entry.key, None)
-        LOGGER.warning(
-            "series %s not analysed: it exceeded a memory limit and is incomplete", entry.label
-        )
+        LOGGER.warning("series %s not analysed: %s and is incomplete", entry.label, entry.refusal)
 
     def _evict(self, entry: _SeriesEntry) -> None:
         self._free_entry_data(entry)

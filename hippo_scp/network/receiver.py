@@ -6,6 +6,12 @@ bytes in the :class:`~hippo_scp.assembly.series_store.SeriesStore` and returns a
 EVT_RELEASED / EVT_ABORTED / EVT_CONN_CLOSE tell the store the association ended. Analysis
 and delivery happen on other threads (``pipeline.worker``, ``network.sender``).
 
+With the durable spool enabled (:mod:`hippo_scp.assembly.spool`) the C-STORE handler also
+writes each kept instance to disk (no fsync) and answers 0xA700 when it cannot; the release
+handler fsyncs and commits the association's instances before the store may analyse them;
+abort / connection loss deletes them. That disk work is the price of durability and is only
+paid when the spool is on.
+
 Access control happens in EVT_REQUESTED (before negotiation) so one place decides, audits and
 answers with the A-ASSOCIATE-RJ reason PS3.8 defines: called AE title not recognised (0x07),
 calling AE title not recognised (0x03, also used for a known AE calling from a host it is not
@@ -30,7 +36,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from hippo_scp.assembly.series_store import SeriesStore, StoreOutcome
+from hippo_scp.assembly.series_store import SeriesStore, StoreOutcome, series_label
+from hippo_scp.assembly.spool import Spool
 from hippo_scp.config import AccessSection, NodeConfig
 from hippo_scp.logging_setup import PATIENT_GUARD, audit_event
 from hippo_scp.network.presentation import supported_contexts
@@ -148,9 +155,11 @@ class StorageReceiver:
         store: SeriesStore,
         *,
         on_activity: Callable[[], None] = lambda: None,
+        spool: Spool | None = None,
     ) -> None:
         self._config = config
         self._store = store
+        self._spool = spool
         self._on_activity = on_activity
         self._policy = AccessPolicy.from_config(config.node.ae_title, config.access)
         self.ae = self._build_ae()
@@ -293,14 +302,18 @@ class StorageReceiver:
             )
             PATIENT_GUARD.remember(header)
             size = raw.getbuffer().nbytes
-            outcome = self._store.offer(
-                _association_id(event.assoc), header, raw.getvalue, size, str(ts)
-            )
+            association_id = _association_id(event.assoc)
+            outcome = self._store.offer(association_id, header, raw.getvalue, size, str(ts))
         except Exception as error:
             LOGGER.warning(
                 "C-STORE refused: the data set cannot be parsed (%s)", type(error).__name__
             )
             return STATUS_CANNOT_UNDERSTAND
+        if self._spool is not None:
+            if outcome is StoreOutcome.STORED:
+                return self._spool_write(association_id, header, raw, str(ts))
+            if outcome is StoreOutcome.OUT_OF_RESOURCES:
+                self._spool_drop(header)
         if outcome is StoreOutcome.OUT_OF_RESOURCES:
             return STATUS_OUT_OF_RESOURCES
         if outcome is StoreOutcome.INVALID:
@@ -308,16 +321,98 @@ class StorageReceiver:
             return STATUS_CANNOT_UNDERSTAND
         return STATUS_SUCCESS
 
+    def _spool_write(self, association_id: int, header: Any, raw: BytesIO, ts: str) -> int:
+        """Durable copy of a kept instance; 0xA700 (series refused) when it cannot be made."""
+        assert self._spool is not None
+        key = (str(header.StudyInstanceUID), str(header.SeriesInstanceUID))
+        try:
+            with raw.getbuffer() as view:
+                self._spool.write(
+                    association_id,
+                    key,
+                    str(header.get("SOPClassUID", "")),
+                    str(header.SOPInstanceUID),
+                    ts,
+                    view,
+                )
+        except OSError as error:
+            label = series_label(key[1])
+            LOGGER.error(
+                "C-STORE refused with 0xA700: the spool copy cannot be written (%s); "
+                "series %s is not analysed until it is sent again",
+                error.strerror or type(error).__name__,
+                label,
+            )
+            self._store.refuse_series(key, "its spool copy could not be written")
+            self._spool_drop(header)
+            return STATUS_OUT_OF_RESOURCES
+        return STATUS_SUCCESS
+
+    def _spool_drop(self, header: Any) -> None:
+        self._spool_drop_key((str(header.StudyInstanceUID), str(header.SeriesInstanceUID)))
+
+    def _spool_drop_key(self, key: tuple[str, str]) -> None:
+        assert self._spool is not None
+        try:
+            self._spool.drop(key)
+        except OSError as error:
+            LOGGER.error("spool: cannot delete a series (%s)", error.strerror or error)
+
     def _on_released(self, event: evt.Event) -> None:
-        self._store.association_released(_association_id(event.assoc))
+        association_id = _association_id(event.assoc)
+        if self._spool is None:
+            self._store.association_released(association_id)
+        else:
+            self._release_with_spool(association_id)
         self._association_ended(event, "released")
 
+    def _release_with_spool(self, association_id: int) -> None:
+        """Commit the association's instances in the spool, then in the store, under the
+        spool lock (see :mod:`hippo_scp.assembly.spool`). A series whose commit fails is
+        still analysed from memory, but is no longer in the spool (never a partial copy)."""
+        assert self._spool is not None
+        spool, store = self._spool, self._store
+        error: OSError | None = None
+        try:
+            spool.sync_pending(association_id)
+        except OSError as sync_error:
+            error = sync_error
+        with spool.lock:
+            keys = spool.pending_series(association_id)
+            if error is None:
+                commits, failed, error = spool.commit(association_id, store.spool_base(keys))
+            else:
+                spool.abort(association_id)
+                commits, failed = {}, keys
+            for key in failed:
+                self._spool_drop_key(key)
+            redundant = store.association_released(association_id, commits)
+            store.spool_unbacked(failed)
+            try:
+                for key, commit in redundant:
+                    spool.discard(key, [commit])
+            except OSError as discard_error:
+                LOGGER.error("spool: cannot delete a commit (%s)", discard_error)
+        if failed:
+            LOGGER.error(
+                "spool: %d released series cannot be committed (%s); they are analysed from "
+                "memory but a crash before that loses them",
+                len(failed),
+                (error.strerror if error is not None else None) or error,
+            )
+
     def _on_aborted(self, event: evt.Event) -> None:
-        self._store.association_aborted(_association_id(event.assoc))
+        association_id = _association_id(event.assoc)
+        self._store.association_aborted(association_id)
+        if self._spool is not None:
+            self._spool.abort(association_id)
         self._association_ended(event, "aborted")
 
     def _on_conn_close(self, event: evt.Event) -> None:
-        self._store.association_closed(_association_id(event.assoc))
+        association_id = _association_id(event.assoc)
+        self._store.association_closed(association_id)
+        if self._spool is not None:
+            self._spool.abort(association_id)
 
     def _association_ended(self, event: evt.Event, outcome: str) -> None:
         calling, address, port = _peer(event.assoc)

@@ -5,6 +5,11 @@ threads; one series at a time keeps latency predictable and memory bounded (the 
 what is *held*, the worker bounds what is *decoded*). The worker never talks to the network:
 it writes results to the on-disk outbox and pokes the sender, so a PACS outage cannot stall
 analysis and a crash after the write loses nothing.
+
+With the durable spool, a series leaves the spool only once it is finished: results in the
+outbox, refused, or skipped as already analysed (:meth:`Spool.retire`). The outbox summary
+carries the series' content fingerprint, so a restart after a crash between "results
+written" and "spool deleted" recognises the series as done instead of analysing it twice.
 """
 
 from __future__ import annotations
@@ -42,6 +47,12 @@ class ResultLike(Protocol):
 
 class OutboxLike(Protocol):
     def put(self, label: str, datasets: Sequence[Dataset], summary: dict[str, Any]) -> str: ...
+
+
+class SpoolLike(Protocol):
+    """What the worker needs from :class:`hippo_scp.assembly.spool.Spool`."""
+
+    def retire(self, job: SeriesJob, store: SeriesStore) -> None: ...
 
 
 #: Analyse the instances of one series; raises VolumeError (or ValueError) to refuse it.
@@ -94,6 +105,7 @@ class AnalysisWorker(threading.Thread):
         on_results: Callable[[], None] = lambda: None,
         reanalyze_unchanged: bool = False,
         poll_s: float = 1.0,
+        spool: SpoolLike | None = None,
     ) -> None:
         super().__init__(name="hippo-analysis", daemon=True)
         self._store = store
@@ -102,6 +114,7 @@ class AnalysisWorker(threading.Thread):
         self._on_results = on_results
         self._reanalyze_unchanged = reanalyze_unchanged
         self._poll_s = poll_s
+        self._spool = spool
         self._stop_event = threading.Event()
         self._drain = False
         self.stats = WorkerStats()
@@ -150,6 +163,7 @@ class AnalysisWorker(threading.Thread):
                 job.label,
                 len(job.instances),
             )
+            self._retire(job)
             return None
         try:
             datasets = [decode_instance(instance) for instance in job.instances]
@@ -161,6 +175,7 @@ class AnalysisWorker(threading.Thread):
                 job.label,
                 type(error).__name__,
             )
+            self._retire(job)
             return None
         parse_ms = (time.perf_counter() - t0) * 1000
         try:
@@ -177,11 +192,13 @@ class AnalysisWorker(threading.Thread):
                 type(error).__name__,
                 error,
             )
+            self._retire(job)
             return None
         except Exception:
             self.stats.failed += 1
             self._store.mark_analysed(job.key, content)
             LOGGER.exception("series %s: analysis failed unexpectedly; no results sent", job.label)
+            self._retire(job)
             return None
         timings = dict(result.timings_ms)
         summary = {
@@ -197,12 +214,18 @@ class AnalysisWorker(threading.Thread):
             },
             "volumes": _volumes(result),
             "model_version": str(result.model_version),
+            "content": content,
         }
         outbox_id = self._outbox.put(job.label, [result.seg, result.sr, result.report], summary)
         self._store.mark_analysed(job.key, content)
+        self._retire(job)  # only now: the results are durable in the outbox
         self.stats.analysed += 1
         self._on_results()
         return outbox_id
+
+    def _retire(self, job: SeriesJob) -> None:
+        if self._spool is not None:
+            self._spool.retire(job, self._store)
 
 
 def _volumes(result: ResultLike) -> dict[str, float]:
