@@ -40,6 +40,7 @@ from tests.network.conftest import (  # noqa: F401
     Sink,
     free_port,
     network_weights,  # noqa: F401
+    test_volumes,  # noqa: F401
     write_node_config,
 )
 
