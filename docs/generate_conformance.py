@@ -289,7 +289,8 @@ def block_scp_statuses() -> str:
                 f"0x{receiver.STATUS_OUT_OF_RESOURCES:04X}",
                 _STATUS_MEANING[0xA700],
                 "Holding the instance would exceed `limits.max_series_bytes` or "
-                "`limits.max_total_bytes`; the whole series is then dropped and not analysed",
+                "`limits.max_total_bytes`, or (with `spool.enabled`) its copy cannot be written "
+                "to the spool; the whole series is then dropped and not analysed",
             ),
             (
                 f"0x{receiver.STATUS_CANNOT_UNDERSTAND:04X}",
