@@ -409,6 +409,11 @@ class StorageReceiver:
         self._association_ended(event, "aborted")
 
     def _on_conn_close(self, event: evt.Event) -> None:
+        if getattr(event.assoc, "is_released", False):
+            # pynetdicom sends A-RELEASE-RP *then* runs EVT_RELEASED on the association's
+            # thread; the peer may close the connection (this event, on the DUL thread)
+            # while that handler still runs. The release handler does the bookkeeping.
+            return
         association_id = _association_id(event.assoc)
         self._store.association_closed(association_id)
         if self._spool is not None:
