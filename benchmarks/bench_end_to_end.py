@@ -155,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not node.alive():
                     break
     finally:
-        if node:
-            node.stop()
-        orthanc.stop()
+        P.stop_all([node, orthanc.proc])
     cold = [r for r in result["runs"] if r["rep"] < 0]
     result["cold_first_study"] = cold[0] if cold else None
     runs = [r for r in result["runs"] if r["rep"] >= 0]

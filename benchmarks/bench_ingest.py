@@ -104,8 +104,7 @@ class Receivers:
         raise ValueError(name)
 
     def close(self) -> None:
-        for proc in self.procs.values():
-            proc.stop()
+        P.stop_all(self.procs.values())
 
 
 def run_one(proc: P.Proc, name: str, folder: Path, nodelay: bool, manifest: dict) -> dict:

@@ -211,8 +211,7 @@ def associations(work: Path, quick: bool) -> dict:
             }
             print(f"assoc {name:35} cpu {1000 * cpu / count:.1f} ms/association", flush=True)
     finally:
-        for proc in procs.values():
-            proc.stop()
+        P.stop_all(procs.values())
         sink.close()
     return out
 
@@ -227,8 +226,7 @@ def bare(work: Path, n: int, quick: bool) -> dict:
             procs[name] = P.start_bare_scp(work / f"bare{i}", args=knobs)
         result = _alternate(procs, folder, n, manifest)
     finally:
-        for proc in procs.values():
-            proc.stop()
+        P.stop_all(procs.values())
     result["knobs"] = variants
     return result
 
@@ -249,8 +247,7 @@ def node(work: Path, n: int, quick: bool) -> dict:
             )
         result = _alternate(procs, folder, n, manifest)
     finally:
-        for proc in procs.values():
-            proc.stop()
+        P.stop_all(procs.values())
         sink.close()
     return result
 

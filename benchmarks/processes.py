@@ -40,6 +40,8 @@ DCMTK_BIN = Path(os.environ.get("DCMTK_BIN", "/usr/bin"))
 ORTHANC_BIN = Path(os.environ.get("ORTHANC_BIN", "/usr/sbin/Orthanc"))
 ORTHANC_PLUGIN_DIR = Path(os.environ.get("ORTHANC_PLUGIN_DIR", "/usr/share/orthanc/plugins"))
 HOST = "127.0.0.1"
+#: SIGTERM, then SIGKILL after this long (the node needs ~10-15 s for a graceful stop)
+STOP_TIMEOUT_S = float(os.environ.get("HIPPO_BENCH_STOP_TIMEOUT", "30"))
 SCANNER_AET = "STORESCU"
 
 
@@ -128,7 +130,9 @@ class Proc:
         self.stop()
         raise TimeoutError(f"{self.name} not ready after {timeout:.0f} s:\n{self.log_tail()}")
 
-    def stop(self, timeout: float = 15) -> int | None:
+    def stop(self, timeout: float | None = None) -> int | None:
+        if timeout is None:
+            timeout = STOP_TIMEOUT_S
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
@@ -143,6 +147,16 @@ class Proc:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def stop_all(procs, timeout: float | None = None) -> None:
+    """SIGTERM every process at once, then wait (a node takes ~10-15 s to stop)."""
+    procs = [p for p in procs if p is not None]
+    for proc in procs:
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGTERM)
+    for proc in procs:
+        proc.stop(timeout)
 
 
 def _spawn(name: str, argv: list[str], log_dir: Path, env: dict | None, port: int, aet: str):
@@ -200,29 +214,25 @@ def clear_folder(folder: Path) -> int:
 
 
 _LAUNCHER: list[str] | None = None
+SHIM = ["-m", "benchmarks.serve_shim"]
 
 
 def node_command() -> list[str]:
     """How a user starts the node: the ``hippo-scp`` console script (or ``python -m hippo_scp``).
 
-    Falls back to :mod:`benchmarks.serve_shim` (the same ``serve`` command alone) only while the
-    full CLI fails to import; ``node_launcher()`` tells which one is used.
+    :func:`start_node` falls back to :mod:`benchmarks.serve_shim` (the same ``serve`` command
+    alone) only if the full CLI fails to import; ``node_launcher()`` tells which one is used.
     """
     global _LAUNCHER
     if _LAUNCHER is None:
         script = VENV_PY.parent / "hippo-scp"
-        candidates = [[str(script)]] if script.exists() else []
-        candidates.append([python(), "-m", "hippo_scp"])
-        for argv in candidates:
-            probe = subprocess.run(
-                [*argv, "serve", "--help"], capture_output=True, cwd=REPO, timeout=120
-            )
-            if probe.returncode == 0:
-                _LAUNCHER = argv
-                break
-        else:
-            _LAUNCHER = [python(), "-m", "benchmarks.serve_shim"]
+        _LAUNCHER = [str(script)] if script.exists() else [python(), "-m", "hippo_scp"]
     return list(_LAUNCHER)
+
+
+def _use_shim() -> None:
+    global _LAUNCHER
+    _LAUNCHER = [python(), *SHIM]
 
 
 def node_launcher() -> str:
@@ -301,8 +311,7 @@ def start_node(
     work.mkdir(parents=True, exist_ok=True)
     config = write_node_config(work, config_overrides)
     weights, weights_note = node_weights()
-    argv = [
-        *node_command(),
+    serve_args = [
         "serve",
         "--config",
         str(config),
@@ -318,15 +327,27 @@ def start_node(
         log_format,
         *(["--weights", str(weights)] if weights else []),
     ]
+    argv = [*node_command(), *serve_args]
     env = env_with(nodelay)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra_env or {})
     env.setdefault("PYTHONUNBUFFERED", "1")
     proc = _spawn(f"node-{port}", argv, work, env, port, aet)
+    try:
+        proc.wait_ready(timeout, lambda: port_open(port) and echo(port, aet))
+    except RuntimeError:
+        tail = proc.log_tail(5)
+        if "benchmarks.serve_shim" in argv or (
+            "ImportError" not in tail and "ModuleNotFound" not in tail
+        ):
+            raise
+        _use_shim()  # the CLI does not import (another subcommand is being written)
+        argv = [*node_command(), *serve_args]
+        proc = _spawn(f"node-{port}", argv, work, env, port, aet)
+        proc.wait_ready(timeout, lambda: port_open(port) and echo(port, aet))
     proc.extra["config"] = config
     proc.extra["weights"] = weights_note
     proc.extra["launcher"] = node_launcher()
-    proc.wait_ready(timeout, lambda: port_open(port) and echo(port, aet))
     return proc
 
 
