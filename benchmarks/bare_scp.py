@@ -17,6 +17,9 @@ Knobs (all off = pynetdicom 3.0 as shipped):
 - ``--keep``: ``raw`` keeps the encoded dataset bytes; ``decode`` decodes it (``event.dataset``).
 - ``--no-validation``: pydicom reading/writing validation off (``config.settings``); pynetdicom
   encodes every C-STORE-RSP with pydicom, which validates each UID/value with a regex.
+- ``--quickack``: ``TCP_QUICKACK`` re-armed before every ``recv`` (Linux): ACK at once instead
+  of the ~40 ms delayed ACK that a sender with Nagle on (dcmtk without ``TCP_NODELAY=1``)
+  waits for before its last small segment of each message.
 - ``--fast-contexts``: the acceptor's presentation contexts as a ``PresentationContext``
   subclass whose ``__deepcopy__`` copies only the transfer-syntax list (UIDs are immutable
   strings), passed to ``start_server(contexts=...)``: pynetdicom deep-copies the server's
@@ -29,6 +32,7 @@ Knobs (all off = pynetdicom 3.0 as shipped):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import socket
 import sys
@@ -50,6 +54,21 @@ def apply_fast_recv() -> None:
             got += n
         del view
         return buf
+
+    transport.AssociationSocket.recv = recv
+
+
+def apply_quickack() -> None:
+    from pynetdicom import transport
+
+    original = transport.AssociationSocket.recv
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        if quickack is not None and self.socket is not None:
+            with contextlib.suppress(OSError):
+                self.socket.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+        return original(self, nr_bytes)
 
     transport.AssociationSocket.recv = recv
 
@@ -116,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-validation", action="store_true")
     parser.add_argument("--contexts", choices=["all", "lean"], default="all")
     parser.add_argument("--fast-contexts", action="store_true")
+    parser.add_argument("--quickack", action="store_true")
     args = parser.parse_args(argv)
 
     import logging
@@ -128,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         apply_fast_recv()
     if args.nodelay:
         apply_nodelay()
+    if args.quickack:
+        apply_quickack()
     if args.reactor_sleep is not None:
         apply_reactor_sleep(args.reactor_sleep)
     if args.no_validation:

@@ -153,7 +153,9 @@ def micro(quick: bool) -> dict:
 # --------------------------------------------------------------------------- network parts
 
 
-def _alternate(procs: dict[str, P.Proc], folder: Path, n: int, manifest: dict) -> dict:
+def _alternate(
+    procs: dict[str, P.Proc], folder: Path, n: int, manifest: dict, nodelay: bool = True
+) -> dict:
     names = list(procs)
     runs: dict[str, list[dict]] = {k: [] for k in names}
     for rep in range(n):
@@ -161,7 +163,7 @@ def _alternate(procs: dict[str, P.Proc], folder: Path, n: int, manifest: dict) -
         for name in order:
             proc = procs[name]
             cpu0 = P.cpu_seconds(proc.pid)
-            wall = P.storescu(proc.port, proc.aet, folder, nodelay=True)
+            wall = P.storescu(proc.port, proc.aet, folder, nodelay=nodelay)
             cpu = P.cpu_seconds(proc.pid) - cpu0
             if name == "storescp":
                 P.clear_folder(proc.extra["out"])
@@ -231,6 +233,27 @@ def bare(work: Path, n: int, quick: bool) -> dict:
     return result
 
 
+BARE_INSTALLED_VARIANTS: dict[str, list[str]] = {
+    "pdu 131072 + nodelay": ["--pdu", "131072", "--nodelay"],
+    "pdu 131072 + nodelay + quickack": ["--pdu", "131072", "--nodelay", "--quickack"],
+}
+
+
+def bare_installed(work: Path, n: int) -> dict:
+    """Sender as installed (storescu with Nagle on): does TCP_QUICKACK on the receiver help?"""
+    folder, manifest = cached_study(1)
+    procs: dict[str, P.Proc] = {}
+    try:
+        for i, (name, knobs) in enumerate(BARE_INSTALLED_VARIANTS.items()):
+            procs[name] = P.start_bare_scp(work / f"bare-inst{i}", args=knobs)
+        result = _alternate(procs, folder, n, manifest, nodelay=False)
+    finally:
+        P.stop_all(procs.values())
+    result["knobs"] = BARE_INSTALLED_VARIANTS
+    result["sender"] = "storescu as installed (no TCP_NODELAY)"
+    return result
+
+
 def node(work: Path, n: int, quick: bool) -> dict:
     folder, manifest = cached_study(1)
     pdus = NODE_PDUS if not quick else {"node pdu 131072 (shipped)": 131072}
@@ -255,7 +278,7 @@ def node(work: Path, n: int, quick: bool) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser, default_reps=7)
-    parser.add_argument("--parts", default="micro,assoc,bare,node")
+    parser.add_argument("--parts", default="micro,assoc,bare,bare_installed,node")
     args = parser.parse_args(argv)
     n = reps(args, 7)
     parts = args.parts.split(",")
@@ -275,13 +298,15 @@ def main(argv: list[str] | None = None) -> int:
         result["assoc"] = associations(work, args.quick)
     if "bare" in parts:
         result["bare"] = bare(work, n, args.quick)
+    if "bare_installed" in parts:
+        result["bare_installed"] = bare_installed(work, min(n, 5))
     if "node" in parts:
         ok, why = P.node_available()
         if ok:
             result["node"] = node(work, n, args.quick)
         else:
             result["node_error"] = why
-    for part in ("bare", "node"):
+    for part in ("bare", "bare_installed", "node"):
         if part in result:
             print(f"\n== {part}: median wall s / receiver cpu s / ratio vs storescp ==")
             for name, data in result[part]["receivers"].items():

@@ -210,8 +210,9 @@ def tuning(data: dict) -> list[str]:
     ):
         if part not in data:
             continue
+        n_part = data[part]["receivers"][next(iter(data[part]["receivers"]))]["wall_s"]["n"]
         lines += [
-            f"{title} (n = {data.get('reps')}):",
+            f"{title} (n = {n_part}):",
             "",
             "| receiver | wall s | receiver CPU s | / storescp |",
             "|---|---:|---:|---:|",
@@ -222,6 +223,8 @@ def tuning(data: dict) -> list[str]:
                 f"| {_x(d.get('ratio_vs_storescp'))} |"
             )
         lines.append("")
+        if part == "bare_installed":
+            lines += ["(no storescp in this group: see the ingest table for it)", ""]
     assoc = data.get("assoc")
     if assoc:
         lines += [
