@@ -7,10 +7,11 @@ EVT_RELEASED / EVT_ABORTED / EVT_CONN_CLOSE tell the store the association ended
 and delivery happen on other threads (``pipeline.worker``, ``network.sender``).
 
 With the durable spool enabled (:mod:`hippo_scp.assembly.spool`) the C-STORE handler also
-writes each kept instance to disk (no fsync) and answers 0xA700 when it cannot; the release
-handler fsyncs and commits the association's instances before the store may analyse them;
-abort / connection loss deletes them. That disk work is the price of durability and is only
-paid when the spool is on.
+writes each kept instance to disk (no fsync) and answers 0xA700 when it cannot; when the
+A-RELEASE-RQ arrives (EVT_ACSE_RECV, on the association's thread, *before* pynetdicom sends
+the A-RELEASE-RP) the association's instances are fsynced and committed, so a sender that got
+its release response has its series on disk; abort / connection loss deletes them. That disk
+work is the price of durability and is only paid when the spool is on.
 
 Access control happens in EVT_REQUESTED (before negotiation) so one place decides, audits and
 answers with the A-ASSOCIATE-RJ reason PS3.8 defines: called AE title not recognised (0x07),
@@ -34,6 +35,7 @@ from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE, evt
+from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.transport import ThreadedAssociationServer
 
 from hippo_scp.assembly.series_store import SeriesStore, StoreOutcome, series_label
@@ -181,7 +183,8 @@ class StorageReceiver:
         return ae
 
     def handlers(self) -> list[tuple[Any, Callable[..., Any]]]:
-        return [
+        spool = [(evt.EVT_ACSE_RECV, self._on_acse_recv)] if self._spool is not None else []
+        return spool + [
             (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
@@ -358,11 +361,21 @@ class StorageReceiver:
         except OSError as error:
             LOGGER.error("spool: cannot delete a series (%s)", error.strerror or error)
 
+    def _on_acse_recv(self, event: evt.Event) -> None:
+        """A-RELEASE-RQ received: commit to the spool before the A-RELEASE-RP goes out."""
+        primitive = getattr(event, "primitive", None)
+        if (
+            isinstance(primitive, A_RELEASE)
+            and primitive.result is None
+            and event.assoc.is_acceptor
+        ):
+            self._release_with_spool(_association_id(event.assoc))
+
     def _on_released(self, event: evt.Event) -> None:
         association_id = _association_id(event.assoc)
         if self._spool is None:
             self._store.association_released(association_id)
-        else:
+        else:  # normally done already on the A-RELEASE-RQ; then this finds nothing left
             self._release_with_spool(association_id)
         self._association_ended(event, "released")
 

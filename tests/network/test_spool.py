@@ -155,17 +155,30 @@ def test_series_waiting_for_settle_across_a_stop(
     tmp_path: Path,
     data_dir: Path,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
     spool: bool,
 ) -> None:
     """The SIGTERM path (``Node.stop``). Spool off: the documented loss (WARNING, nothing
     analysed after the restart). Spool on: the series survives and is analysed once."""
     caplog.set_level(logging.INFO, logger="hippo_scp")
+    from hippo_scp.assembly.spool import Spool
+
+    sync = Spool.sync_pending
+
+    def slow_sync(self, association_id: int) -> None:  # a slow disk: the commit must still
+        time.sleep(0.5)  # be done before the sender gets its A-RELEASE-RP
+        sync(self, association_id)
+
+    monkeypatch.setattr(Spool, "sync_pending", slow_sync)
     sections = {"spool": {"enabled": spool, "directory": str(tmp_path / "spool")}, **NO_PACS}
     first = start_node(**sections, triggers={"settle_seconds": 60})
     files = crop_files(data_dir)
     # Two associations: the settle rule (60 s) applies, so the series is still waiting.
     assert storescu(first.address.port, *files[:20]).returncode == 0
     assert storescu(first.address.port, *files[20:]).returncode == 0
+    if spool:  # committed before the A-RELEASE-RP: durable as soon as the sender is told
+        assert len(committed_series(tmp_path)) == 1
+        assert len(list((tmp_path / "spool" / "series").rglob("*.dcm"))) == 40
     first.stop()
     if spool:
         assert "1 series still waiting for their settle window are kept in the spool" in (
