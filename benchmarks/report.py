@@ -263,6 +263,19 @@ def inference(data: dict) -> list[str]:
     if scalars:
         lines += ["| key | value |", "|---|---|"]
         lines += [f"| {k} | {_s(v)} |" for k, v in scalars.items()]
+    shapes = data.get("shapes")
+    if isinstance(shapes, list) and shapes and isinstance(shapes[0], dict):
+        keys = list(shapes[0])
+        lines += ["", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        for row in shapes:
+            lines.append(
+                "| "
+                + " | ".join(
+                    "x".join(map(str, row[k])) if isinstance(row.get(k), list) else _s(row.get(k))
+                    for k in keys
+                )
+                + " |"
+            )
     lines += ["", "Full JSON: `benchmarks/results/inference.json`."]
     return lines
 
