@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole network demo, end to end, on this machine:
 #   1. install what is missing (deploy_scripts/install.sh),
-#   2. start Orthanc (+ Lua auto-routing), the hippo-scp node and OHIF (start_stack.sh),
+#   2. start Orthanc (+ Lua auto-routing), the hippo-scp node and OHIF (start_stack.sh) from a
+#      clean slate: a stack left running in the same run folder is stopped and its Orthanc
+#      storage and node outbox are deleted (stop_stack.sh --purge), so that the results shown
+#      are this run's,
 #   3. send Study1 (all its series) to Orthanc like a scanner would (send_volume.sh),
 #   4. wait until Orthanc holds the node's SR, SEG and Secondary Capture report,
 #   5. print the hippocampal volumes (read from the SR through Orthanc's REST API) and the
@@ -30,7 +33,7 @@ while (($#)); do
       shift
       ;;
     -h | --help)
-      sed -n '2,13p' "$0"
+      sed -n '2,16p' "$0"
       exit 0
       ;;
     *) die "unknown option $1 (see --help)" ;;
@@ -42,6 +45,7 @@ done
 if $do_install; then
   "$DEPLOY_DIR/install.sh"
 fi
+"$DEPLOY_DIR/stop_stack.sh" --purge
 "$DEPLOY_DIR/start_stack.sh"
 "$DEPLOY_DIR/send_volume.sh" "$study"
 

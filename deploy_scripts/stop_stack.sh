@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stop what start_stack.sh (or the single start_*.sh scripts) started from this run folder:
 # OHIF server, hippo-scp node, Orthanc -- by the PIDs in $HIPPO_RUN_DIR/*.pid, never by name.
-# Orthanc's storage stays in $HIPPO_RUN_DIR/orthanc-storage; pass --purge to delete it too.
+# Orthanc's storage ($HIPPO_RUN_DIR/orthanc-storage) and the node's outbox ($HIPPO_RUN_DIR/outbox)
+# stay; pass --purge to delete them too.
 set -euo pipefail
 # shellcheck source=deploy_scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -11,7 +12,7 @@ for arg in "$@"; do
   case "$arg" in
     --purge) purge=true ;;
     -h | --help)
-      sed -n '2,4p' "$0"
+      sed -n '2,5p' "$0"
       exit 0
       ;;
     *) die "unknown option $arg" ;;
@@ -22,7 +23,7 @@ for name in ohif hippo-scp orthanc; do
   stop_service "$name"
 done
 if $purge; then
-  rm -rf "$ORTHANC_STORAGE_DIR"
-  log "deleted Orthanc storage $ORTHANC_STORAGE_DIR"
+  rm -rf "$ORTHANC_STORAGE_DIR" "$HIPPO_RUN_DIR/outbox"
+  log "deleted Orthanc storage $ORTHANC_STORAGE_DIR and the node outbox $HIPPO_RUN_DIR/outbox"
 fi
 log "stack in $HIPPO_RUN_DIR stopped"

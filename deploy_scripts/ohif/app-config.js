@@ -45,6 +45,11 @@ window.config = {
         supportsWildcard: true,
         staticWado: false,
         singlepart: 'bulkdata,video',
+        // Load SEG frames one by one (WADO-RS frames), not by cutting the whole instance in
+        // the browser: OHIF 3.13 mis-cuts 1-bit frames that are not a whole number of bytes
+        // (e.g. 51 x 35 pixels): the overlay gets a lattice of wrong pixels. Orthanc 1.10
+        // refuses those frames; ohif_server.py serves them (see its docstring).
+        loadMultiframeAsPart10: false,
         bulkDataURI: {
           enabled: true,
           relativeResolution: 'studies',

@@ -3,7 +3,8 @@
 Used by test_ohif_browser.py; also runnable by hand against any running stack to refresh the
 README screenshots:
 
-    .venv/bin/python tests/deploy/ohif_browser.py http://127.0.0.1:3000 docs/img
+    .venv/bin/python tests/deploy/ohif_browser.py \\
+        http://127.0.0.1:3000 http://127.0.0.1:8042 docs/img
 
 Every check looks at what was rendered (DOM text, pixels of the viewport), not at HTTP codes.
 """
@@ -11,11 +12,13 @@ Every check looks at what was rendered (DOM text, pixels of the viewport), not a
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,12 +164,26 @@ class Ohif:
         if close.count():
             close.first.click()
 
-    def slice_position(self) -> tuple[int, int] | None:
-        """(k, n) from the viewport's "I:.. (k/n)" overlay, None when not shown."""
-        match = re.search(
-            r"\((\d+)/(\d+)\)", self.page.locator("[data-viewportid]").first.inner_text()
-        )
-        return (int(match[1]), int(match[2])) if match else None
+    def instance_number(self) -> int | None:
+        """InstanceNumber shown in the viewport's overlay ("I:25 (8/32)")."""
+        overlay = self.page.get_by_text(re.compile(r"^I:\s*\d+ \(\d+/\d+\)$"))
+        if overlay.count() == 0:
+            return None
+        return int(re.match(r"I:\s*(\d+)", overlay.first.inner_text())[1])
+
+    def go_to_instance(self, target: int, max_steps: int = 64) -> bool:
+        """Step through the stack with the arrow keys until the overlay shows ``target``."""
+        self.page.locator("[data-viewportid]").first.hover()
+        key = "ArrowDown"
+        for _ in range(max_steps):
+            current = self.instance_number()
+            if current is None or current == target:
+                return current == target
+            self.page.keyboard.press(key)
+            moved = self.instance_number()
+            if moved is not None and abs(moved - target) > abs(current - target):
+                key = "ArrowUp" if key == "ArrowDown" else "ArrowDown"
+        return self.instance_number() == target
 
     def wait_for_colour(self, minimum: int, timeout: float = 90) -> PixelStats:
         """Wait until the viewport shows at least ``minimum`` clearly coloured pixels."""
@@ -189,7 +206,40 @@ class Ohif:
         return self.page.screenshot(path=str(path))
 
 
-def capture_all(url: str, study_uid: str, out: Path, studies: int) -> dict[str, PixelStats]:
+def largest_segment_slice(orthanc_url: str, study_uid: str) -> int | None:
+    """InstanceNumber of the analysed slice where the study's SEG covers the most pixels."""
+    import numpy as np
+    import pydicom
+
+    def call(path: str, body: dict | None = None):
+        data = json.dumps(body).encode() if body is not None else None
+        with urllib.request.urlopen(orthanc_url + path, data=data, timeout=60) as answer:
+            return answer.read()
+
+    query = {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid, "Modality": "SEG"}}
+    segs = json.loads(call("/tools/find", query))
+    if not segs:
+        return None
+    seg = pydicom.dcmread(io.BytesIO(call(f"/instances/{segs[0]}/file")))
+    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
+    area: dict[float, int] = {}
+    for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        z = round(float(group.PlanePositionSequence[0].ImagePositionPatient[2]), 3)
+        area[z] = area.get(z, 0) + int(np.count_nonzero(frame))
+    best_z = max(area, key=area.__getitem__)
+    series_uid = seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+    query = {"Level": "Instance", "Query": {"SeriesInstanceUID": series_uid}, "Expand": True}
+    for instance in json.loads(call("/tools/find", query)):
+        tags = instance["MainDicomTags"]
+        z = round(float(tags["ImagePositionPatient"].split("\\")[2]), 3)
+        if z == best_z:
+            return int(tags["InstanceNumber"])
+    return None
+
+
+def capture_all(
+    url: str, orthanc_url: str, study_uid: str, out: Path, studies: int
+) -> dict[str, PixelStats]:
     """The three README screenshots: study list, SC report, SEG overlay."""
     stats: dict[str, PixelStats] = {}
     with Ohif(url) as ohif:
@@ -204,17 +254,20 @@ def capture_all(url: str, study_uid: str, out: Path, studies: int) -> dict[str, 
         before = ohif.viewport_stats()
         ohif.show_segmentation("SEG")
         ohif.close_cine()
+        ohif.wait_for_colour(before.saturated + 200)
+        target = largest_segment_slice(orthanc_url, study_uid)
+        if target is not None:
+            ohif.go_to_instance(target)
         stats["seg"] = ohif.wait_for_colour(before.saturated + 2_000)
         ohif.screenshot(out / "ohif_seg_overlay.png")
     return stats
 
 
 if __name__ == "__main__":
-    import json
-    import urllib.request
-
-    base, folder = sys.argv[1], Path(sys.argv[2])
+    base, orthanc, folder = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     with urllib.request.urlopen(base + "/dicom-web/studies") as answer:
         listed = json.load(answer)
-    uids = [s["0020000D"]["Value"][0] for s in listed]
-    print(capture_all(base, uids[0], folder, len(uids)))
+    # Study1 (PGBM-002) when present: the README's screenshots show it.
+    listed.sort(key=lambda s: s.get("00100020", {}).get("Value", [""])[0] != "PGBM-002")
+    uid = listed[0]["0020000D"]["Value"][0]
+    print(capture_all(base, orthanc, uid, folder, len(listed)))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import REPO, STUDIES, Stack
-from .ohif_browser import Ohif, PixelStats, chromium_path
+from .ohif_browser import Ohif, PixelStats, chromium_path, largest_segment_slice
 
 pytestmark = [pytest.mark.network, pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -65,14 +65,17 @@ def test_viewer_renders_the_report(ohif: Ohif, study1: dict, shots: Path):
     assert stats.saturated >= 20_000 and stats.mean > 30, stats
 
 
-def test_viewer_overlays_the_segmentation(ohif: Ohif, study1: dict, shots: Path):
+def test_viewer_overlays_the_segmentation(ohif: Ohif, study1: dict, shots: Path, node_stack: Stack):
     ohif.show_series("HippoCrop")
     before = ohif.viewport_stats()
     ohif.show_segmentation("SEG")
-    ohif.close_cine()  # OHIF jumps to the first segment's slice by itself
+    ohif.close_cine()
+    ohif.wait_for_colour(before.saturated + 200)  # the SEG is loaded and drawn
+    target = largest_segment_slice(node_stack.orthanc_url, study1["study_instance_uid"])
+    assert target is not None
+    assert ohif.go_to_instance(target)  # the slice with the largest cross-section
     after = ohif.wait_for_colour(before.saturated + 2_000)
     ohif.screenshot(shots / "ohif_seg_overlay.png")
     assert after.saturated >= before.saturated + 2_000, (before, after)
     body = ohif.page.locator("body").inner_text()
     assert "HippoCrop" in body  # the overlay sits on the analysed series
-    assert ohif.slice_position() is not None  # a stack position is shown: the image is up
