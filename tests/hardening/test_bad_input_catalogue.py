@@ -76,6 +76,8 @@ SERIES_LIMIT = 200_000
 #: node.network_timeout_s / acse_timeout_s: short so idle associations are closed quickly.
 NETWORK_TIMEOUT_S = 3
 ACSE_TIMEOUT_S = 4
+#: node.max_associations: small, so that a case can occupy every slot.
+MAX_ASSOCIATIONS = 4
 SETTLE_S = 2
 
 S_OK = 0x0000
@@ -101,19 +103,24 @@ def sink() -> Iterator[Sink]:
 
 @pytest.fixture(scope="module")
 def node(
-    tmp_path_factory: pytest.TempPathFactory, network_weights: Path, sink: Sink, dcmtk: None
+    tmp_path_factory: pytest.TempPathFactory, hardening_weights: Path, sink: Sink, dcmtk: None
 ) -> Iterator[HardNode]:
     folder = tmp_path_factory.mktemp("catalogue_node")
     config = write_node_config(
         folder / "ae_config.yaml",
-        network_weights,
-        node={"network_timeout_s": NETWORK_TIMEOUT_S, "acse_timeout_s": ACSE_TIMEOUT_S},
+        hardening_weights,
+        node={
+            "network_timeout_s": NETWORK_TIMEOUT_S,
+            "acse_timeout_s": ACSE_TIMEOUT_S,
+            "max_associations": MAX_ASSOCIATIONS,
+        },
         access={"allowed_calling_ae_titles": ["HARDEN", "ECHOSCU", "STORESCU"]},
         limits={"max_series_bytes": SERIES_LIMIT},
     )
     running = HardNode(config, free_port(), sink.destination, settle=SETTLE_S).start()
     yield running
     running.terminate()
+    (folder / "node.log").write_text(running.output, encoding="utf-8")  # for a post-mortem
 
 
 #: case id -> (study UID, whether results are expected); filled as the cases run.
@@ -244,6 +251,27 @@ def c_pdu_length_bomb(ctx: Ctx) -> Obs:
     payload = struct.pack(">BBI", 0x01, 0x00, 0xFFFFFFF0) + b"\x00\x01" + b"\x00" * 98
     obs = raw_socket(ctx, payload)
     obs.notes["rss_growth"] = ctx.node.rss_bytes() - before
+    return obs
+
+
+def c_stalled_peers_fill_slots(ctx: Ctx) -> Obs:
+    # node.max_associations peers each announce a huge PDU and stall; once network_timeout_s
+    # has passed their slots must be free again for a real sender.
+    obs = Obs()
+    header = struct.pack(">BBI", 0x01, 0x00, 0xFFFFFFF0) + b"\x00" * 100
+    stalled = [socket.create_connection(("127.0.0.1", ctx.port), timeout=5)
+               for _ in range(MAX_ASSOCIATIONS)]  # fmt: skip
+    try:
+        for sock in stalled:
+            sock.sendall(header)
+        time.sleep(NETWORK_TIMEOUT_S + 2)
+        with association(ctx.port, sent=obs.sent) as (assoc, _):
+            if assoc.is_established:
+                obs.sent.echo_ok = int(assoc.send_c_echo().Status) == 0
+    finally:
+        for sock in stalled:
+            sock.close()
+        wait_until(lambda: echo(ctx.port), 15, step=0.5)
     return obs
 
 
@@ -552,6 +580,10 @@ CATALOGUE: list[Case] = [
     Case("pdu_length_bomb", "A-ASSOCIATE-RQ header claiming a 4 GiB PDU, then silence",
          "connection closed after the timeout, no allocation of the claimed size",
          c_pdu_length_bomb, assoc="closed", bug=STALLED_PDU_BUG),
+    Case("stalled_peers_fill_slots",
+         "max_associations peers each send a 4 GiB PDU header and stall",
+         "their slots are freed after network_timeout_s: a real sender is accepted",
+         c_stalled_peers_fill_slots, bug=STALLED_PDU_BUG),
     Case("silent_connection", "TCP connect, never send an A-ASSOCIATE-RQ",
          "closed within acse_timeout (ARTIM)", c_silent_connection, assoc="closed"),
     Case("wrong_called_ae", "A-ASSOCIATE-RQ to called AE NOTHIPPO",
@@ -683,6 +715,8 @@ def test_bad_input(case: Case, node: HardNode, sink: Sink, tmp_path: Path) -> No
     # Case-specific observations.
     if case.id == "pdu_length_bomb":
         assert obs.notes["rss_growth"] < 64 * 1024**2, obs.notes
+    if case.id == "stalled_peers_fill_slots":
+        assert obs.sent.echo_ok, obs.sent
     if case.id == "silent_connection":
         assert obs.notes["closed_after_s"] <= ACSE_TIMEOUT_S + NETWORK_TIMEOUT_S + 5
     if case.id == "never_released":
@@ -700,9 +734,17 @@ def test_bad_input(case: Case, node: HardNode, sink: Sink, tmp_path: Path) -> No
     if obs.study_uid:
         if case.result_sets:
             want = 3 * case.result_sets
-            assert wait_until(lambda: len(for_study(sink.snapshot(), obs.study_uid)) >= want, 90), (
-                f"{case.id}: results missing\n{node.log_since(mark)[-3000:]}"
+            refused = re.compile(
+                NOT_ANALYSED.format(label=re.escape(label)) + f"|{label}: analysis failed"
             )
+
+            def arrived_or_refused() -> bool:
+                arrived = len(for_study(sink.snapshot(), obs.study_uid)) >= want
+                return arrived or bool(refused.search(node.log_since(mark)))
+
+            assert wait_until(arrived_or_refused, 90), f"{case.id}: no results, no refusal"
+            assert not refused.search(node.log_since(mark)), node.log_since(mark)[-3000:]
+            assert wait_until(lambda: len(for_study(sink.snapshot(), obs.study_uid)) >= want, 30)
             results = for_study(sink.snapshot(), obs.study_uid)
             for seg in [ds for ds in results if kind(ds) == "SEG"]:
                 # every result set covers the whole series, never a part of it
@@ -729,7 +771,7 @@ def test_bad_input(case: Case, node: HardNode, sink: Sink, tmp_path: Path) -> No
 
 # --------------------------------------------------------------------------- afterwards
 def test_good_study_after_the_catalogue_is_analysed_correctly(
-    node: HardNode, sink: Sink, network_weights: Path
+    node: HardNode, sink: Sink, hardening_weights: Path
 ) -> None:
     datasets = series()
     study_uid = str(datasets[0].StudyInstanceUID)
@@ -746,7 +788,7 @@ def test_good_study_after_the_catalogue_is_analysed_correctly(
     from hippo_scp.model.inference import Segmenter
     from hippo_scp.pipeline.analysis import SeriesAnalyzer
 
-    expected = SeriesAnalyzer(Segmenter(weights_path=network_weights, num_threads=1)).analyze(
+    expected = SeriesAnalyzer(Segmenter(weights_path=hardening_weights, num_threads=1)).analyze(
         datasets
     )
     (sr,) = [ds for ds in results if kind(ds) == "SR"]
@@ -754,6 +796,13 @@ def test_good_study_after_the_catalogue_is_analysed_correctly(
     volumes = expected.volumes
     assert 0 <= volumes.total_mm3 <= SLICES * 35 * 51 * 1.0
     assert abs(volumes.anterior_mm3 + volumes.posterior_mm3 - volumes.total_mm3) < 1.0
+    sidecar = json.loads(hardening_weights.with_suffix(".json").read_text())
+    if "training" in sidecar:  # trained weights (not the random stand-in): near the truth
+        from tests.hardening.conftest import _nifti
+
+        _, label = _nifti(1)
+        truth = float((label[:, :, 10 : 10 + SLICES] > 0).sum())  # 1 mm isotropic voxels
+        assert 0.6 * truth <= volumes.total_mm3 <= 1.4 * truth, (volumes, truth)
     OUTCOMES["good_after"] = (study_uid, True)
 
 

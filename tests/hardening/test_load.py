@@ -37,7 +37,7 @@ from tests.hardening.conftest import (
 pytestmark = [pytest.mark.network, pytest.mark.timeout(300)]
 
 SENDERS = 4
-SOAK_S = 30.0
+SOAK_S = 25.0
 SETTLE_S = 3
 RSS_LIMIT = 1024**3
 CROP_SLICES = {"Study1": 32, "Study2": 35, "Study3": 40}
@@ -45,12 +45,12 @@ CROP_SLICES = {"Study1": 32, "Study2": 35, "Study3": 40}
 
 @pytest.fixture
 def load_node(
-    tmp_path: Path, network_weights: Path, test_volumes: Path
+    tmp_path: Path, hardening_weights: Path, test_volumes: Path
 ) -> Iterator[tuple[HardNode, Sink]]:
     sink = Sink(ae_title="LOADSINK").start()
     config = write_node_config(
         tmp_path / "ae_config.yaml",
-        network_weights,
+        hardening_weights,
         node={"max_associations": SENDERS},
         triggers={"reanalyze_unchanged": False},
     )
