@@ -193,7 +193,7 @@ def start_storescp(
     argv = [dcmtk("storescp"), "-aet", aet, "-od", str(out), *(extra_args or []), str(port)]
     proc = _spawn(f"storescp-{port}", argv, work, env_with(nodelay), port, aet)
     proc.extra["out"] = out
-    proc.wait_ready(timeout, lambda: port_open(port) and echo(port, aet))
+    proc.wait_ready(timeout, lambda: echo(port, aet))
     return proc
 
 
@@ -305,7 +305,8 @@ def start_node(
     """``hippo-scp serve --config ... --ae-title --port --destination --settle`` as a user would.
 
     ``nodelay`` puts ``TCP_NODELAY=1`` in the node's environment (as for dcmtk); whether the
-    node honours it is the node's business. Ready = it answers C-ECHO.
+    node honours it is the node's business. Ready = it answers C-ECHO (no bare TCP probe: a
+    connection that never sends an A-ASSOCIATE-RQ holds up the node's shutdown by ~10 s).
     """
     port = port or free_port()
     work.mkdir(parents=True, exist_ok=True)
@@ -334,7 +335,7 @@ def start_node(
     env.setdefault("PYTHONUNBUFFERED", "1")
     proc = _spawn(f"node-{port}", argv, work, env, port, aet)
     try:
-        proc.wait_ready(timeout, lambda: port_open(port) and echo(port, aet))
+        proc.wait_ready(timeout, lambda: echo(port, aet))
     except RuntimeError:
         tail = proc.log_tail(5)
         if "benchmarks.serve_shim" in argv or (
@@ -344,7 +345,7 @@ def start_node(
         _use_shim()  # the CLI does not import (another subcommand is being written)
         argv = [*node_command(), *serve_args]
         proc = _spawn(f"node-{port}", argv, work, env, port, aet)
-        proc.wait_ready(timeout, lambda: port_open(port) and echo(port, aet))
+        proc.wait_ready(timeout, lambda: echo(port, aet))
     proc.extra["config"] = config
     proc.extra["weights"] = weights_note
     proc.extra["launcher"] = node_launcher()
@@ -370,7 +371,7 @@ def start_bare_scp(
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     proc = _spawn(f"bare-{port}", argv, work, env, port, "BARESCP")
     proc.popen.args = argv
-    proc.wait_ready(timeout, lambda: port_open(port) and echo(port, "BARESCP"))
+    proc.wait_ready(timeout, lambda: echo(port, "BARESCP"))
     return proc
 
 
