@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from benchmarks.soak_load import RssSampler, first_delivery, run_load, study_folders
@@ -74,12 +75,13 @@ def test_concurrent_senders_one_result_set_per_study_bounded_memory(
     outcomes = first_delivery(node.port, studies)
     assert all(code == 0 and not refused and not failed for _, code, refused, failed, _ in
                outcomes), outcomes  # fmt: skip
-    study_uids = {}
-    import pydicom
-
+    study_uids, identifiers = {}, set()
     for name, folder in studies.items():
         first = pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True)
         study_uids[name] = str(first.StudyInstanceUID)
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate"):
+            value = str(first.get(keyword) or "")
+            identifiers.update(p for p in [value, *value.split("^")] if len(p) >= 3)
     assert wait_until(
         lambda: all(len(for_study(sink.snapshot(), uid)) >= 3 for uid in study_uids.values()),
         180,
@@ -118,3 +120,6 @@ def test_concurrent_senders_one_result_set_per_study_bounded_memory(
     assert not [r for r in audit if r.get("event") == "association_rejected"]
     accepted = sum(1 for r in audit if r.get("event") == "association_accepted")
     assert accepted >= report.sends + len(outcomes)
+    # Privacy: the real studies' patient name / ID / birth date never reach the log.
+    leaked = [i for i in identifiers if i in node.output]
+    assert not leaked, leaked
