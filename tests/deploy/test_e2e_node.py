@@ -44,27 +44,27 @@ def store_jobs(stack: Stack) -> list[dict]:
 def analyzed(node_stack: Stack, data_dir: Path, tmp_path_factory) -> dict[str, dict]:
     """``hippo-scp analyze --json`` on the same studies: volumes by StudyInstanceUID."""
     out = tmp_path_factory.mktemp("analyze")
+    answer = subprocess.run(
+        [
+            str(REPO / ".venv" / "bin" / "hippo-scp"),
+            "analyze",
+            str(data_dir / "TestVolumes"),  # Study1..3 in one run: the model loads once
+            "--out",
+            str(out),
+            "--json",
+            "--weights",
+            str(WEIGHTS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert answer.returncode == 0, answer.stderr
     volumes: dict[str, dict] = {}
-    for n in STUDIES:
-        answer = subprocess.run(
-            [
-                str(REPO / ".venv" / "bin" / "hippo-scp"),
-                "analyze",
-                str(data_dir / "TestVolumes" / f"Study{n}"),
-                "--out",
-                str(out / f"Study{n}"),
-                "--json",
-                "--weights",
-                str(WEIGHTS),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert answer.returncode == 0, answer.stderr
-        for series in json.loads(answer.stdout)["series"]:
-            assert series["status"] == "ok", series
-            volumes[series["study_instance_uid"]] = series["result"]["volumes"]
+    for series in json.loads(answer.stdout)["series"]:
+        assert series["status"] == "ok", series
+        volumes[series["study_instance_uid"]] = series["result"]["volumes"]
+    assert len(volumes) == len(STUDIES)
     return volumes
 
 
