@@ -219,9 +219,9 @@ def _readme(files: list[str], images: list[Path], version: str, sha: str) -> str
     lines += [f"| [`{name}`]({name}) | {what.get(name, '')} |" for name in files]
     lines += ["", "![report](report.png)", ""]
     if images:
-        lines += ["## In OHIF", ""]
-        lines += [f"![{p.stem}](../img/{p.name})" for p in images]
-        lines.append("")
+        lines += ["## In OHIF", "", "Screenshots taken by `tests/deploy` (OHIF on Orthanc).", ""]
+        for image in images:
+            lines += [f"![{image.stem}](../img/{image.name})", ""]
     return "\n".join(lines)
 
 
@@ -237,10 +237,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-validation", action="store_true", help="skip the validation-split evaluation"
     )
+    parser.add_argument(
+        "--readme-only",
+        action="store_true",
+        help="only rewrite README.md (e.g. after new OHIF screenshots in docs/img)",
+    )
     args = parser.parse_args(argv)
+    out: Path = args.out
+    if args.readme_only:
+        studies = json.loads((out / STUDIES_JSON).read_text(encoding="utf-8"))
+        _write_readme(out, studies["model_version"], studies["weights_sha256"])
+        return 0
 
     segmenter, analyzer = load_analyzer(args.weights, args.threads)
-    out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     studies: dict[str, Any] = {}
     for name in TEST_STUDIES:
@@ -273,14 +282,15 @@ def main(argv: list[str] | None = None) -> int:
         metrics = {"model_version": analyzer.identity.model_version, **metrics}
         (out / VALIDATION_JSON).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         print(f"validation split: {json.dumps(metrics['summary'])}")
-    files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "README.md")
-    images = sorted(IMAGES_DIR.glob("*.png")) if IMAGES_DIR.is_dir() else []
-    (out / "README.md").write_text(
-        _readme(files, images, analyzer.identity.model_version, analyzer.identity.weights_sha256),
-        encoding="utf-8",
-    )
+    _write_readme(out, analyzer.identity.model_version, analyzer.identity.weights_sha256)
     print(f"examples written to {rel(out)}")
     return 0
+
+
+def _write_readme(out: Path, version: str, sha: str) -> None:
+    files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "README.md")
+    images = sorted(IMAGES_DIR.glob("*.png")) if IMAGES_DIR.is_dir() else []
+    (out / "README.md").write_text(_readme(files, images, version, sha), encoding="utf-8")
 
 
 if __name__ == "__main__":
