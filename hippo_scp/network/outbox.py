@@ -126,24 +126,40 @@ class Outbox:
         return waiting
 
     def put(self, label: str, datasets: Sequence[Dataset], summary: dict[str, Any]) -> str:
-        """Write one result set for every destination atomically; return its id."""
+        """Write one result set for every destination atomically; return its id.
+
+        Raises OSError (e.g. ENOSPC) with nothing left behind for any destination.
+        """
         encoded = [_encode(ds) for ds in datasets]
         with self._lock:
             self._counter += 1
             item_id = f"{time.time_ns():020d}-{self._counter:04d}-{label}"
         summary_bytes = json.dumps(summary, sort_keys=True).encode("utf-8")
-        for destination in self.destinations:
-            folder = self.directory / destination
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".{item_id}.tmp"
-            tmp.mkdir()
-            for index, data in enumerate(encoded):
-                kind = _KIND_NAMES[index] if index < len(_KIND_NAMES) else f"obj{index}"
-                self._write(tmp / f"{index:02d}-{kind}.dcm", data)
-            self._write(tmp / SUMMARY_NAME, summary_bytes)
-            _fsync_dir(tmp)
-            os.replace(tmp, folder / item_id)
-            _fsync_dir(folder)
+        placed: list[Path] = []
+        tmp: Path | None = None
+        try:
+            for destination in self.destinations:
+                folder = self.directory / destination
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp = folder / f".{item_id}.tmp"
+                tmp.mkdir()
+                for index, data in enumerate(encoded):
+                    kind = _KIND_NAMES[index] if index < len(_KIND_NAMES) else f"obj{index}"
+                    self._write(tmp / f"{index:02d}-{kind}.dcm", data)
+                self._write(tmp / SUMMARY_NAME, summary_bytes)
+                _fsync_dir(tmp)
+                os.replace(tmp, folder / item_id)
+                placed.append(folder / item_id)
+                tmp = None
+                _fsync_dir(folder)
+        except OSError:
+            # All or nothing: a half-written set would hold the (full) disk until the next
+            # start, and a set queued for only some destinations would be delivered unevenly.
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            for done in placed:
+                shutil.rmtree(done, ignore_errors=True)
+            raise
         return item_id
 
     @staticmethod

@@ -25,6 +25,7 @@ import contextlib
 import itertools
 import logging
 import socket
+import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,6 +70,15 @@ class AccessDecision:
     allowed: bool
     reason: str
     reject: tuple[int, int, int] | None = None
+
+
+@dataclass
+class AssociationCounts:
+    """What one association carried, for its audit record."""
+
+    stores_received: int = 0
+    instances_stored: int = 0
+    instances_refused: int = 0
 
 
 @dataclass
@@ -163,6 +173,8 @@ class StorageReceiver:
         self._store = store
         self._spool = spool
         self._on_activity = on_activity
+        self._counts: dict[int, AssociationCounts] = {}
+        self._counts_lock = threading.Lock()
         self._policy = AccessPolicy.from_config(config.node.ae_title, config.access)
         self.ae = self._build_ae()
         self.server: ThreadedAssociationServer | None = None
@@ -223,12 +235,18 @@ class StorageReceiver:
 
     # ------------------------------------------------------------------ handlers
     def _on_conn_open(self, event: evt.Event) -> None:
-        """Disable Nagle: DIMSE responses are small and latency-bound."""
+        """Disable Nagle (DIMSE responses are small and latency-bound); bound blocking reads."""
         _association_id(event.assoc)
         sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # pynetdicom reads a PDU with blocking recv() calls once select() says data is
+            # there; a peer that announces a longer PDU than it sends would hold the thread
+            # and an association slot forever. A socket timeout turns that into a closed
+            # connection (pynetdicom maps the timeout to Evt17) after network_timeout_s.
+            with contextlib.suppress(OSError):
+                sock.settimeout(self._config.node.network_timeout_s)
 
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
@@ -260,6 +278,7 @@ class StorageReceiver:
         assoc.kill()
 
     def _on_accepted(self, event: evt.Event) -> None:
+        event.assoc._hippo_accepted = True
         calling, address, port = _peer(event.assoc)
         audit_event(
             "association_accepted",
@@ -292,6 +311,20 @@ class StorageReceiver:
         return STATUS_SUCCESS
 
     def _on_c_store(self, event: evt.Event) -> int:
+        status = self._file_instance(event)
+        counts = self._association_counts(_association_id(event.assoc))
+        counts.stores_received += 1
+        if status == STATUS_SUCCESS:
+            counts.instances_stored += 1
+        else:
+            counts.instances_refused += 1
+        return status
+
+    def _association_counts(self, association_id: int) -> AssociationCounts:
+        with self._counts_lock:
+            return self._counts.setdefault(association_id, AssociationCounts())
+
+    def _file_instance(self, event: evt.Event) -> int:
         """File the instance; answer at once. Never raises (pynetdicom would answer 0xC211)."""
         try:
             ts = UID(event.context.transfer_syntax)
@@ -431,15 +464,24 @@ class StorageReceiver:
         self._store.association_closed(association_id)
         if self._spool is not None:
             self._spool.abort(association_id)
+        if getattr(event.assoc, "_hippo_accepted", False) and not event.assoc.is_aborted:
+            # Dropped without A-RELEASE / A-ABORT (e.g. a network timeout): audit it too.
+            self._association_ended(event, "closed")
 
     def _association_ended(self, event: evt.Event, outcome: str) -> None:
         calling, address, port = _peer(event.assoc)
+        association_id = _association_id(event.assoc)
+        with self._counts_lock:
+            counts = self._counts.pop(association_id, AssociationCounts())
         audit_event(
             "association_" + outcome,
-            association=_association_id(event.assoc),
+            association=association_id,
             calling_ae_title=calling,
             peer_address=address,
             peer_port=port,
             outcome=outcome,
+            stores_received=counts.stores_received,
+            instances_stored=counts.instances_stored,
+            instances_refused=counts.instances_refused,
         )
         self._on_activity()

@@ -169,4 +169,22 @@ def reference_header(source: Dataset) -> Dataset:
     for keyword in _TYPE2_HEADER_KEYWORDS:
         if keyword not in header:
             setattr(header, keyword, None)
+    charset = normalized_character_set(header.get("SpecificCharacterSet"))
+    if charset is not None:
+        header.SpecificCharacterSet = charset
     return header
+
+
+def normalized_character_set(value: str | list[str] | None) -> str | list[str] | None:
+    """Spell out the implicit default repertoire of an ISO 2022 Specific Character Set.
+
+    PS3.5 6.1.2.5.3: with code extensions, an empty first value means "ISO 2022 IR 6"
+    (e.g. Japanese ``\\ISO 2022 IR 87``). highdicom only accepts the defined term, so the
+    outputs carry it explicitly; the meaning, and every decoded name, is unchanged.
+    """
+    if value is None or isinstance(value, str):
+        return value
+    values = [str(v).strip() for v in value]
+    if len(values) > 1 and values[0] == "":
+        values[0] = "ISO 2022 IR 6"
+    return values

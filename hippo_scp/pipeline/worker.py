@@ -216,7 +216,20 @@ class AnalysisWorker(threading.Thread):
             "model_version": str(result.model_version),
             "content": content,
         }
-        outbox_id = self._outbox.put(job.label, [result.seg, result.sr, result.report], summary)
+        try:
+            outbox_id = self._outbox.put(job.label, [result.seg, result.sr, result.report], summary)
+        except OSError as error:
+            # Not marked analysed and kept in the spool: a resend (or, with the spool, a
+            # restart) analyses the series again once there is room.
+            self.stats.failed += 1
+            LOGGER.error(
+                "series %s: results cannot be written to the outbox %s: %s; nothing sent, "
+                "the series is analysed again when it is re-sent (free disk space)",
+                job.label,
+                self._outbox.directory,
+                error.strerror or type(error).__name__,
+            )
+            return None
         self._store.mark_analysed(job.key, content)
         self._retire(job)  # only now: the results are durable in the outbox
         self.stats.analysed += 1
