@@ -27,6 +27,7 @@ import re
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -560,30 +561,19 @@ class Case:
         return pytest.param(self, id=self.id, marks=marks)
 
 
-STALLED_PDU_BUG = (
-    "a peer whose bytes announce a PDU longer than what it sends is never disconnected: "
-    "pynetdicom's DUL blocks in AssociationSocket.recv() and accepted sockets have no timeout, "
-    "so ARTIM / network_timeout_s never fire (a thread and an association slot held forever; "
-    "fix: settimeout(network_timeout_s) on the accepted socket in receiver._on_conn_open)"
-)
-ISO2022_BUG = (
-    "outputs/seg.py build_segmentation passes SpecificCharacterSet '\\ISO 2022 IR 87' "
-    "(empty value 1, PS3.5 H.3.1) to highdicom, which raises ValueError: the study is refused"
-)
 NOT_ANALYSED = r"series {label} not analysed \(\d+ instances\): "
 
 CATALOGUE: list[Case] = [
     Case("random_bytes", "4 KiB of random bytes on the DICOM port (no valid PDU type)",
          "node sends A-ABORT / closes the connection; keeps serving", c_random_bytes,
-         assoc="closed", log=(r"(?i)(unknown|invalid|unrecogni[sz]ed).*PDU",),
-         bug=STALLED_PDU_BUG),
+         assoc="closed", log=(r"(?i)(unknown|invalid|unrecogni[sz]ed).*PDU",)),
     Case("pdu_length_bomb", "A-ASSOCIATE-RQ header claiming a 4 GiB PDU, then silence",
          "connection closed after the timeout, no allocation of the claimed size",
-         c_pdu_length_bomb, assoc="closed", bug=STALLED_PDU_BUG),
+         c_pdu_length_bomb, assoc="closed"),
     Case("stalled_peers_fill_slots",
          "max_associations peers each send a 4 GiB PDU header and stall",
          "their slots are freed after network_timeout_s: a real sender is accepted",
-         c_stalled_peers_fill_slots, bug=STALLED_PDU_BUG),
+         c_stalled_peers_fill_slots),
     Case("silent_connection", "TCP connect, never send an A-ASSOCIATE-RQ",
          "closed within acse_timeout (ARTIM)", c_silent_connection, assoc="closed"),
     Case("wrong_called_ae", "A-ASSOCIATE-RQ to called AE NOTHIPPO",
@@ -674,7 +664,7 @@ CATALOGUE: list[Case] = [
     Case("japanese_iso2022", "ISO 2022 IR 87, PatientName alphabetic=ideographic=phonetic",
          "analysed; results carry the same name", c_japanese_iso2022,
          statuses=frozenset({S_OK}), result_sets=1,
-         check=check_names(JAPANESE_NAME, ["", "ISO 2022 IR 87"]), bug=ISO2022_BUG),
+         check=check_names(JAPANESE_NAME, ["", "ISO 2022 IR 87"])),
     Case("very_long_strings", "PN 270 chars, LO 1000, SH 300, LT 4800",
          "accepted and analysed (values over VR limits are not a reason to refuse)",
          c_very_long_strings, statuses=frozenset({S_OK}), result_sets=1),
@@ -852,27 +842,27 @@ def test_audit_log_records_association_events(node: HardNode) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="node bug: audit association_released/aborted records carry no instance counts",
+    reason="node bug: a peer's A-ABORT gives two audit records for one association: "
+    "'association_closed' (with the counts) then 'association_aborted' (all counts 0); "
+    "receiver._on_conn_close audits before EVT_ABORTED has set assoc.is_aborted",
 )
-def test_audit_log_counts_instances_per_association(node: HardNode) -> None:
+def test_audit_log_one_end_record_per_association_with_counts(node: HardNode) -> None:
     records = [
         json.loads(line)
         for line in (node.config.parent / "audit.jsonl").read_text().splitlines()
         if line.strip()
     ]
-    ended = [r for r in records if r.get("event") in ("association_released",
-                                                      "association_aborted")]  # fmt: skip
+    ends = ("association_released", "association_aborted", "association_closed")
+    ended = [r for r in records if r.get("event") in ends]
     assert ended
-
-    def counts(record: dict) -> dict[str, int]:
-        return {
-            k: v
-            for k, v in record.items()
-            if isinstance(v, int)
-            and not isinstance(v, bool)
-            and re.search(r"instance|store|count|received|refused", k)
-        }
-
-    assert all(counts(r) for r in ended), ended[:3]
-    # The 'abort_then_resend' case: one aborted association that carried 6 instances.
-    assert any(6 in counts(r).values() for r in ended if r["event"] == "association_aborted")
+    per_association = Counter(r.get("association") for r in ended)
+    twice = {a: n for a, n in per_association.items() if n != 1}
+    assert not twice, [r for r in ended if r.get("association") in twice][:4]
+    for record in ended:
+        for key in ("stores_received", "instances_stored", "instances_refused"):
+            assert isinstance(record.get(key), int), record
+    # 'abort_then_resend': the peer aborted after 6 C-STOREs; 'never_released': the node
+    # aborted after 12 (network timeout). Both are recorded as aborted with their counts.
+    aborted = [r for r in ended if r["event"] == "association_aborted"]
+    assert any(r["stores_received"] == 6 for r in aborted), aborted
+    assert any(r["stores_received"] == 12 for r in aborted), aborted

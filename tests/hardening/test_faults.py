@@ -8,7 +8,8 @@
   the half-written one never, and the series whose analysis was killed is analysed once when
   its sender sends it again.
 * outbox on a 64 KiB tmpfs (skipped where mount is not permitted): the write fails, the node
-  says so clearly, keeps receiving and answering C-ECHO, and delivers again once there is room.
+  says so clearly (one line, no half-written set left), keeps receiving and answering C-ECHO,
+  delivers again once there is room, and a re-send of the series that failed is analysed.
 """
 
 from __future__ import annotations
@@ -199,6 +200,13 @@ def disk_full(tmp_path_factory: pytest.TempPathFactory, hardening_weights: Path)
         wait_until(lambda: len(for_study(sink.snapshot(), e_study)) >= 3, 90)
         seen["e_results"] = for_study(sink.snapshot(), e_study)
         seen["log_e"] = node.log_since(mark)
+
+        # C's sender got 0x0000 but C has no results: re-sent, it is analysed (once).
+        seen["c_resend_statuses"] = set(store(node.port, c).statuses)
+        c_study = str(c[0].StudyInstanceUID)
+        wait_until(lambda: len(for_study(sink.snapshot(), c_study)) >= 3, 90)
+        time.sleep(2 + 1 + 1)  # settle + grace + margin: nothing more for C
+        seen["c_results_after"] = for_study(sink.snapshot(), c_study)
         yield seen
     finally:
         node.kill()
@@ -217,12 +225,6 @@ def test_outbox_full_node_keeps_receiving_and_recovers(disk_full: dict) -> None:
     assert "No space left on device" in disk_full["log_c"], disk_full["log_c"][-3000:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node bug: an OSError from Outbox.put is logged as 'analysis failed unexpectedly' "
-    "with a traceback (pipeline/worker.py AnalysisWorker._run_jobs), no line naming the outbox "
-    "and the errno",
-)
 def test_outbox_full_error_is_one_clear_line(disk_full: dict) -> None:
     lines = disk_full["log_c"].splitlines()
     clear = [
@@ -236,16 +238,13 @@ def test_outbox_full_error_is_one_clear_line(disk_full: dict) -> None:
     assert not any("analysis failed" in line for line in lines), "misleading message"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node bug: Outbox.put leaves its half-written .tmp set on a failed write "
-    "(network/outbox.py Outbox.put), holding the full disk until the next start",
-)
 def test_outbox_full_leaves_no_half_written_set(disk_full: dict) -> None:
     assert not disk_full["partials"], disk_full["partials"]
 
 
-def test_outbox_full_counts(disk_full: dict) -> None:
-    """Nothing was lost or duplicated for the series received once space was back."""
-    kinds = Counter(kind(ds) for ds in disk_full["e_results"])
-    assert kinds == Counter(SEG=1, SR=1, SC=1)
+def test_outbox_full_nothing_lost_once_resent(disk_full: dict) -> None:
+    """Once there is room: the series whose results could not be written is analysed when
+    re-sent, exactly one result set each for it and for the series received afterwards."""
+    assert Counter(kind(ds) for ds in disk_full["e_results"]) == Counter(SEG=1, SR=1, SC=1)
+    assert disk_full["c_resend_statuses"] == {0}
+    assert_sane_result_set(disk_full["c_results_after"], SLICES)
