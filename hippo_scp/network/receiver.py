@@ -27,6 +27,7 @@ import logging
 import socket
 import threading
 import zlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -59,6 +60,8 @@ REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 
 _PIXEL_DATA = 0x7FE00010
 _ASSOCIATION_IDS = itertools.count(1)
+#: How long a closed connection waits for EVT_ABORTED before it is audited as 'closed'.
+AUDIT_CLOSE_DELAY_S = 1.0
 
 
 def _before_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -175,6 +178,8 @@ class StorageReceiver:
         self._on_activity = on_activity
         self._counts: dict[int, AssociationCounts] = {}
         self._counts_lock = threading.Lock()
+        #: ids of associations whose end is audited (bounded: only recent ones matter)
+        self._ended: deque[int] = deque(maxlen=4096)
         self._policy = AccessPolicy.from_config(config.node.ae_title, config.access)
         self.ae = self._build_ae()
         self.server: ThreadedAssociationServer | None = None
@@ -465,13 +470,28 @@ class StorageReceiver:
         if self._spool is not None:
             self._spool.abort(association_id)
         if getattr(event.assoc, "_hippo_accepted", False) and not event.assoc.is_aborted:
-            # Dropped without A-RELEASE / A-ABORT (e.g. a network timeout): audit it too.
+            # Dropped without A-RELEASE (e.g. a network timeout): audit it too. A peer's
+            # A-ABORT also closes the connection, and pynetdicom may report the close before
+            # EVT_ABORTED; wait briefly so an abort is audited once, as an abort.
+            timer = threading.Timer(
+                AUDIT_CLOSE_DELAY_S, self._audit_if_not_ended, (event, association_id)
+            )
+            timer.daemon = True
+            timer.start()
+
+    def _audit_if_not_ended(self, event: evt.Event, association_id: int) -> None:
+        with self._counts_lock:
+            ended = association_id in self._ended
+        if not ended:
             self._association_ended(event, "closed")
 
     def _association_ended(self, event: evt.Event, outcome: str) -> None:
         calling, address, port = _peer(event.assoc)
         association_id = _association_id(event.assoc)
         with self._counts_lock:
+            if association_id in self._ended:
+                return
+            self._ended.append(association_id)
             counts = self._counts.pop(association_id, AssociationCounts())
         audit_event(
             "association_" + outcome,

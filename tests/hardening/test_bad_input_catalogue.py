@@ -840,12 +840,6 @@ def test_audit_log_records_association_events(node: HardNode) -> None:
     assert all(r.get("reason") for r in rejected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node bug: a peer's A-ABORT gives two audit records for one association: "
-    "'association_closed' (with the counts) then 'association_aborted' (all counts 0); "
-    "receiver._on_conn_close audits before EVT_ABORTED has set assoc.is_aborted",
-)
 def test_audit_log_one_end_record_per_association_with_counts(node: HardNode) -> None:
     records = [
         json.loads(line)
