@@ -86,3 +86,16 @@ def test_non_isotropic_input_comes_back_on_its_own_grid(data_dir, segmenter):
     assert pred.shape == coarse.shape
     ref = case.label[:, :, ::2]
     assert dice(pred > 0, ref > 0) > 0.75
+
+
+def test_torchscript_backend_matches_eager(data_dir, segmenter, monkeypatch):
+    """The frozen TorchScript graph is only a speed-up: labels equal the eager model's."""
+    monkeypatch.setenv("HIPPO_TORCH_JIT", "0")
+    eager = Segmenter(num_threads=2)
+    assert eager.backend == "eager"
+    assert segmenter.backend == "torchscript"
+    for cid in QUALITY_CASES:
+        case = load_case(data_dir, cid)
+        assert np.array_equal(
+            segmenter.segment(case.image, case.spacing), eager.segment(case.image, case.spacing)
+        )
