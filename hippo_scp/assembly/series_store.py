@@ -131,6 +131,9 @@ class _SeriesEntry:
     spool_backed: bool = True
     restored: bool = False
     refusal: str = "it exceeded a memory limit"
+    #: the last analysis produced results that could not be stored (e.g. outbox disk full):
+    #: a resend of the same content must be analysed again
+    rearm_on_resend: bool = False
 
     def has_pending(self) -> bool:
         return any(self.pending.values())
@@ -310,10 +313,15 @@ class SeriesStore:
                             continue
                     entry.committed[sop_uid] = instance
                     changed = True
-                if not changed and delivered and self._settings.reanalyze_unchanged:
+                if (
+                    not changed
+                    and delivered
+                    and (self._settings.reanalyze_unchanged or entry.rearm_on_resend)
+                ):
                     changed = entry.version == entry.dispatched_version
                 if changed:
                     entry.version += 1
+                    entry.rearm_on_resend = False
                 if spool_commit is not None:
                     if changed or entry.version != entry.dispatched_version:
                         entry.spool_commits.append(spool_commit)
@@ -417,6 +425,14 @@ class SeriesStore:
         """Whether this exact content of the series has been analysed before."""
         with self._lock:
             return fingerprint in self._analysed.get(key, ())
+
+    def results_lost(self, job: SeriesJob) -> None:
+        """The job's results could not be stored: analyse the series again when it is re-sent,
+        even with unchanged content (the sender's retry is the natural moment to try again)."""
+        with self._lock:
+            entry = self._entries.get(job.key)
+            if entry is not None and entry.generation == job.generation:
+                entry.rearm_on_resend = True
 
     def mark_analysed(self, key: SeriesKey, fingerprint: str) -> None:
         """Record that this content has been analysed (or refused for good)."""

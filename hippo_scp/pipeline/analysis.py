@@ -264,7 +264,7 @@ class SeriesAnalyzer:
             slice_count=len(volume.slices),
             spacing_mm=tuple(float(s) for s in volume.spacing_mm),  # type: ignore[arg-type]
         )
-        logger.info(
+        logger.debug(
             "analysed series %s: anterior %.0f mm3, posterior %.0f mm3, total %.0f mm3, "
             "%d QC flag(s), %.0f ms",
             result.series_instance_uid,

@@ -222,6 +222,7 @@ class AnalysisWorker(threading.Thread):
             # Not marked analysed and kept in the spool: a resend (or, with the spool, a
             # restart) analyses the series again once there is room.
             self.stats.failed += 1
+            self._store.results_lost(job)
             LOGGER.error(
                 "series %s: results cannot be written to the outbox %s: %s; nothing sent, "
                 "the series is analysed again when it is re-sent (free disk space)",
@@ -233,6 +234,12 @@ class AnalysisWorker(threading.Thread):
         self._store.mark_analysed(job.key, content)
         self._retire(job)  # only now: the results are durable in the outbox
         self.stats.analysed += 1
+        LOGGER.info(
+            "series %s analysed (%d instances, trigger %s): results queued in the outbox",
+            job.label,
+            len(job.instances),
+            job.trigger,
+        )
         self._on_results()
         return outbox_id
 

@@ -168,6 +168,26 @@ def test_reanalyze_unchanged_when_configured() -> None:
     assert len(store.collect_ready()) == 1
 
 
+def test_series_whose_results_were_lost_is_analysed_again_on_unchanged_resend() -> None:
+    """Outbox disk full: the sender's resend of the same content must be analysed again."""
+    clock = FakeClock()
+    store = make_store(clock)
+    offer(store, 1, "9.7", "9.7.1")
+    store.association_released(1)
+    clock.advance(3)
+    (job,) = store.collect_ready()
+    store.results_lost(job)
+    offer(store, 2, "9.7", "9.7.1")
+    store.association_released(2)
+    clock.advance(3)
+    assert [len(j.instances) for j in store.collect_ready()] == [1]
+    # Once analysed successfully, an unchanged resend is ignored again.
+    offer(store, 3, "9.7", "9.7.1")
+    store.association_released(3)
+    clock.advance(3)
+    assert store.collect_ready() == []
+
+
 def test_per_series_limit_refuses_and_never_analyses_partial() -> None:
     clock = FakeClock()
     store = make_store(clock)
