@@ -111,13 +111,22 @@ install_python() {
     return
   fi
   "$VENV/bin/python" -m pip install -q --upgrade pip
+  # The CPU build of torch comes from PyTorch's own index when it is reachable. Where it is
+  # not (a closed network with a PyPI mirror or local wheels), pip would retry it for every
+  # package; then rely on the configured index, which must provide the CPU wheel.
+  local torch_index_args=()
+  if curl -fsS --max-time 5 -o /dev/null "$TORCH_INDEX/" 2>/dev/null; then
+    torch_index_args=(--extra-index-url "$TORCH_INDEX")
+  else
+    log "python: $TORCH_INDEX not reachable; torch comes from the configured pip index"
+  fi
   if [[ -f "$lock" ]]; then
-    log "python: pip install -r requirements.lock (torch CPU wheels from $TORCH_INDEX)"
-    "$VENV/bin/python" -m pip install -q --extra-index-url "$TORCH_INDEX" -r "$lock"
+    log "python: pip install -r requirements.lock"
+    "$VENV/bin/python" -m pip install -q "${torch_index_args[@]}" -r "$lock"
     "$VENV/bin/python" -m pip install -q --no-deps -e "$REPO_ROOT"
   else
     log "python: no requirements.lock; pip install -e .[dev]"
-    "$VENV/bin/python" -m pip install -q --extra-index-url "$TORCH_INDEX" -e "${REPO_ROOT}[dev]"
+    "$VENV/bin/python" -m pip install -q "${torch_index_args[@]}" -e "${REPO_ROOT}[dev]"
   fi
   # Playwright (Python API only; it drives the apt chromium) for the OHIF browser tests.
   "$VENV/bin/python" -m pip install -q -r "$browser_reqs"
