@@ -5,10 +5,14 @@
 # The entrypoint is exactly the command the tests run: hippo-scp serve --config <file> [flags].
 FROM python:3.11-slim
 
+# MALLOC_ARENA_MAX=1: glibc's per-thread arenas cost ~40 MB of peak RSS with torch's threads
+# (measured: inference process 390 -> 352 MB) at no measurable speed cost.
+
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MALLOC_ARENA_MAX=1
 
 # A non-root user owns only the writable state (outbox, spool, audit log).
 RUN groupadd --system --gid 10001 hippo \
