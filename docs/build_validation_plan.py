@@ -28,7 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This checkout's package and docs/ first (not another checkout's editable install).
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from docgen import DOCS_DIR, REPO_ROOT, rel, replace_blocks, table  # noqa: E402
 

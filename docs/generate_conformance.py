@@ -26,7 +26,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This checkout's package and docs/ first (not another checkout's editable install).
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 import annotated_types  # noqa: E402
 import pynetdicom  # noqa: E402

@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This checkout's package and docs/ first (not another checkout's editable install).
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from docgen import DOCS_DIR, REPO_ROOT, rel  # noqa: E402
 from pydicom import Dataset  # noqa: E402
