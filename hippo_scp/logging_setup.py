@@ -79,6 +79,44 @@ class PatientIdentifierGuard(logging.Filter):
 PATIENT_GUARD = PatientIdentifierGuard()
 
 
+class RateLimitFilter(logging.Filter):
+    """Let through at most ``burst`` records per message template every ``period_s`` seconds.
+
+    pynetdicom logs an ERROR for every malformed PDU a peer sends; an unauthenticated peer
+    streaming garbage could otherwise fill the disk with identical lines. The first record
+    after a quiet period says how many were suppressed.
+    """
+
+    def __init__(self, prefix: str = "pynetdicom", burst: int = 20, period_s: float = 60.0) -> None:
+        super().__init__()
+        self._prefix = prefix
+        self._burst = burst
+        self._period_s = period_s
+        self._windows: dict[str, list[float]] = {}  # template -> [window start, count, dropped]
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self._prefix):
+            return True
+        key = f"{record.name}:{record.levelno}:{record.msg}"
+        now = record.created
+        with self._lock:
+            window = self._windows.get(key)
+            if window is None or now - window[0] >= self._period_s:
+                dropped = int(window[2]) if window is not None else 0
+                if len(self._windows) > 1024:
+                    self._windows.clear()
+                self._windows[key] = [now, 1, 0]
+                if dropped:
+                    record.msg = f"{record.msg} ({dropped} similar messages suppressed)"
+                return True
+            window[1] += 1
+            if window[1] <= self._burst:
+                return True
+            window[2] += 1
+            return False
+
+
 class JsonLineFormatter(logging.Formatter):
     """One JSON object per line: machine-readable for log shippers (Loki, ELK, Splunk)."""
 
@@ -119,6 +157,8 @@ def configure_logging(
     # pynetdicom is chatty at INFO (one line per PDU summary); keep it at WARNING unless
     # the operator asks for DEBUG.
     logging.getLogger("pynetdicom").setLevel("DEBUG" if level == "DEBUG" else "WARNING")
+    if level != "DEBUG":
+        handler.addFilter(RateLimitFilter("pynetdicom"))
 
     audit = logging.getLogger(AUDIT_LOGGER_NAME)
     for existing in list(audit.handlers):
