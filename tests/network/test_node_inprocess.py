@@ -87,6 +87,49 @@ def test_tls_echo(start_node, tmp_path: Path) -> None:
     assert plain.returncode != 0
 
 
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def test_tls_client_certificates_are_verified(start_node, tmp_path: Path) -> None:
+    """require_client_certificate: a peer with a certificate from our CA gets in, a peer with
+    a self-signed one (and a peer without TLS) does not."""
+    require_dcmtk()
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make test certificates")
+    ca_key, ca_cert = tmp_path / "ca.key", tmp_path / "ca.pem"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=Hospital CA",
+             "-days", "1", "-keyout", str(ca_key), "-out", str(ca_cert))  # fmt: skip
+    node_key, node_cert = tmp_path / "node.key", tmp_path / "node.pem"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+             "-days", "1", "-keyout", str(node_key), "-out", str(node_cert))  # fmt: skip
+    good_key, good_csr, good_cert = (tmp_path / n for n in ("good.key", "good.csr", "good.pem"))
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=ORTHANC",
+             "-keyout", str(good_key), "-out", str(good_csr))  # fmt: skip
+    _openssl("x509", "-req", "-in", str(good_csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
+             "-CAcreateserial", "-days", "1", "-out", str(good_cert))  # fmt: skip
+    bad_key, bad_cert = tmp_path / "bad.key", tmp_path / "bad.pem"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=INTRUDER",
+             "-days", "1", "-keyout", str(bad_key), "-out", str(bad_cert))  # fmt: skip
+    node = start_node(
+        tls={
+            "enabled": True,
+            "certificate": str(node_cert),
+            "private_key": str(node_key),
+            "ca_certificates": str(ca_cert),
+            "require_client_certificate": True,
+        }
+    )
+    port = node.address.port
+    trusted = echo(port, "+tls", str(good_key), str(good_cert), "+cf", str(node_cert))
+    assert trusted.returncode == 0, trusted.stderr
+    untrusted = echo(port, "+tls", str(bad_key), str(bad_cert), "+cf", str(node_cert))
+    assert untrusted.returncode != 0
+    anonymous = echo(port, "+tla", "+cf", str(node_cert))
+    assert anonymous.returncode != 0
+    assert echo(port).returncode != 0  # no TLS at all
+
+
 def test_peer_host_allow_list(start_node) -> None:
     require_dcmtk()
     node = start_node(
