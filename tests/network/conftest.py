@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -52,6 +53,7 @@ class Sink:
     ae_title: str = "SINK"
     port: int = field(default_factory=free_port)
     received: list[Dataset] = field(default_factory=list)
+    ssl_context: Any = None  # an ssl.SSLContext makes it a DICOM TLS receiver
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -72,6 +74,7 @@ class Sink:
             ("127.0.0.1", self.port),
             block=False,
             evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
+            ssl_context=self.ssl_context,
         )
         return self
 

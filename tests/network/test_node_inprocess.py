@@ -130,6 +130,51 @@ def test_tls_client_certificates_are_verified(start_node, tmp_path: Path) -> Non
     assert echo(port).returncode != 0  # no TLS at all
 
 
+def test_results_are_sent_over_tls_to_a_tls_destination(start_node, tmp_path: Path) -> None:
+    """A destination with ``tls: true``: the sender verifies the PACS certificate against
+    tls.ca_certificates (hostname included) and delivers over DICOM TLS."""
+    import ssl
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make test certificates")
+    pacs_key, pacs_cert = tmp_path / "pacs.key", tmp_path / "pacs.pem"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=pacs",
+             "-addext", "subjectAltName=IP:127.0.0.1", "-days", "1",
+             "-keyout", str(pacs_key), "-out", str(pacs_cert))  # fmt: skip
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(str(pacs_cert), str(pacs_key))
+    sink = Sink(ae_title="PACS", ssl_context=server).start()
+    try:
+        node = start_node(
+            tls={"ca_certificates": str(pacs_cert)},
+            destinations=[
+                {"ae_title": "PACS", "host": "127.0.0.1", "port": sink.port, "tls": True}
+            ],
+        )
+        import numpy as np
+
+        from tests.dicom_factory import series_from_volume
+
+        series = series_from_volume(np.arange(12 * 10 * 4, dtype=np.int16).reshape(12, 10, 4))
+        from pynetdicom import AE
+
+        ae = AE(ae_title="STORESCU")
+        ae.add_requested_context(series[0].SOPClassUID)
+        assoc = ae.associate("127.0.0.1", node.address.port, ae_title="HIPPOAI")
+        assert assoc.is_established
+        assert all(assoc.send_c_store(ds).Status == 0 for ds in series)
+        assoc.release()
+        deadline = threading.Event()
+        for _ in range(100):
+            if len(sink.snapshot()) >= 3:
+                break
+            deadline.wait(0.1)
+        assert len(sink.snapshot()) == 3
+        assert node.outbox.count() == 0
+    finally:
+        sink.stop()
+
+
 def test_peer_host_allow_list(start_node) -> None:
     require_dcmtk()
     node = start_node(
