@@ -251,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--orthanc", choices=["yes", "no"], default="yes", help="also Orthanc -> node"
     )
+    parser.add_argument(
+        "--merge-into",
+        type=Path,
+        default=None,
+        help="also replace these sizes in an earlier result file (the old cells are kept "
+        "under 'superseded'), e.g. to re-measure one size after a node change",
+    )
     args = parser.parse_args(argv)
     n = reps(args, 7)
     sizes = (args.sizes or ("x1" if args.quick else "x1,x4,x16")).split(",")
@@ -289,7 +296,28 @@ def main(argv: list[str] | None = None) -> int:
     print_table(result)
     path = write_result(result_path(args, "ingest"), result)
     print(f"saved {path}")
+    if args.merge_into:
+        merge_into(args.merge_into, result)
+        print(f"merged sizes {list(result['sizes'])} into {args.merge_into}")
     return 0
+
+
+def merge_into(target: Path, result: dict) -> None:
+    """Replace ``result``'s sizes in ``target``; each merged size records its own run."""
+    import json
+
+    data = json.loads(target.read_text())
+    for size, cell in result.get("sizes", {}).items():
+        if size in data.get("sizes", {}):
+            data.setdefault("superseded", {})[size] = data["sizes"][size]
+        cell["remeasured"] = {
+            "git_commit": result["machine"].get("git_commit"),
+            "started": result["machine"].get("started"),
+            "loadavg_at_start": result["machine"].get("loadavg_at_start"),
+            "loadavg_at_end": result.get("loadavg_at_end"),
+        }
+        data.setdefault("sizes", {})[size] = cell
+    target.write_text(json.dumps(data, indent=1, default=str) + "\n")
 
 
 if __name__ == "__main__":

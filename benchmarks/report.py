@@ -57,6 +57,15 @@ def _header(data: dict, title: str) -> list[str]:
 
 def ingest(data: dict) -> list[str]:
     lines = _header(data, "Ingest: storescu -> node vs storescp")
+    again = {k: v["remeasured"] for k, v in data.get("sizes", {}).items() if "remeasured" in v}
+    for size, info in again.items():
+        lines += [
+            f"_{size} re-measured {info.get('started')} at commit {info.get('git_commit')}, load "
+            f"{(info.get('loadavg_at_start') or [None])[:1]} -> "
+            f"{(info.get('loadavg_at_end') or [None])[:1]}; the first pass is kept in the JSON "
+            "under `superseded`._",
+            "",
+        ]
     lines += [
         "| study | instances | MB | mode | n | storescp s | node s | node / storescp | target |",
         "|---|---:|---:|---|---:|---:|---:|---:|---|",
@@ -207,6 +216,7 @@ def tuning(data: dict) -> list[str]:
     for part, title in (
         ("node", "The node, by `node.max_pdu_bytes`"),
         ("bare", "Bare pynetdicom SCP, one knob at a time"),
+        ("bare_installed", "Bare pynetdicom SCP, sender storescu AS INSTALLED (Nagle on)"),
     ):
         if part not in data:
             continue
