@@ -61,7 +61,9 @@ def plot_ingest(data: dict, out: Path) -> Path:
     ax.set_yscale("log")
     ax.set_xlabel("study size (MB); Study1 x1 / x4 / x16")
     ax.set_ylabel("storescu wall time (s), median, min-max")
-    ax.set_title("Ingest: storescu -> receiver\n" + _subtitle(data), fontsize=10)
+    again = sorted(k for k, v in sizes.items() if "remeasured" in v)
+    note = f"; {', '.join(again)} re-measured at a later commit" if again else ""
+    ax.set_title("Ingest: storescu -> receiver\n" + _subtitle(data) + note, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -79,6 +81,7 @@ def plot_throughput(data: dict, out: Path) -> Path:
     ax1.plot(cs, spm, "o-", color="tab:blue")
     ax1.set_xscale("log", base=2)
     ax1.set_xticks(cs, [str(c) for c in cs])
+    ax1.set_ylim(bottom=0)
     ax1.set_xlabel("concurrent senders")
     ax1.set_ylabel("studies / minute (median)")
     ax1.set_title("Throughput (Study1, results to sink)", fontsize=10)
