@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run every benchmark, save the JSON results, draw the figures, update docs/benchmarks.md.
 
-    .venv/bin/python benchmarks/run_all.py            # full: >= 7 repetitions (~40-60 min)
+    .venv/bin/python benchmarks/run_all.py            # full: >= 7 repetitions (~35 min)
     .venv/bin/python benchmarks/run_all.py --quick    # smoke: 1 repetition, small studies
 
 Full runs write ``benchmarks/results/*.json``, ``docs/img/bench_*.png`` and the results block
