@@ -214,15 +214,10 @@ def clear_folder(folder: Path) -> int:
 
 
 _LAUNCHER: list[str] | None = None
-SHIM = ["-m", "benchmarks.serve_shim"]
 
 
 def node_command() -> list[str]:
-    """How a user starts the node: the ``hippo-scp`` console script (or ``python -m hippo_scp``).
-
-    :func:`start_node` falls back to :mod:`benchmarks.serve_shim` (the same ``serve`` command
-    alone) only if the full CLI fails to import; ``node_launcher()`` tells which one is used.
-    """
+    """How a user starts the node: the ``hippo-scp`` console script (or ``python -m hippo_scp``)."""
     global _LAUNCHER
     if _LAUNCHER is None:
         script = VENV_PY.parent / "hippo-scp"
@@ -230,17 +225,8 @@ def node_command() -> list[str]:
     return list(_LAUNCHER)
 
 
-def _use_shim() -> None:
-    global _LAUNCHER
-    _LAUNCHER = [python(), *SHIM]
-
-
 def node_launcher() -> str:
-    return (
-        "serve_shim (CLI import failed)"
-        if "benchmarks.serve_shim" in node_command()
-        else (" ".join(Path(a).name for a in node_command()))
-    )
+    return " ".join(Path(a).name for a in node_command())
 
 
 def write_node_config(work: Path, overrides: dict | None = None) -> Path:
@@ -334,18 +320,7 @@ def start_node(
     env.update(extra_env or {})
     env.setdefault("PYTHONUNBUFFERED", "1")
     proc = _spawn(f"node-{port}", argv, work, env, port, aet)
-    try:
-        proc.wait_ready(timeout, lambda: echo(port, aet))
-    except RuntimeError:
-        tail = proc.log_tail(5)
-        if "benchmarks.serve_shim" in argv or (
-            "ImportError" not in tail and "ModuleNotFound" not in tail
-        ):
-            raise
-        _use_shim()  # the CLI does not import (another subcommand is being written)
-        argv = [*node_command(), *serve_args]
-        proc = _spawn(f"node-{port}", argv, work, env, port, aet)
-        proc.wait_ready(timeout, lambda: echo(port, aet))
+    proc.wait_ready(timeout, lambda: echo(port, aet))
     proc.extra["config"] = config
     proc.extra["weights"] = weights_note
     proc.extra["launcher"] = node_launcher()

@@ -19,7 +19,6 @@ import hashlib
 import math
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,39 +45,14 @@ from tests.network.conftest import (  # noqa: F401
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHIM = [sys.executable, "-m", "benchmarks.serve_shim"]
 
 
 # --------------------------------------------------------------------------- the node
-#: The command that starts the node; switched to :data:`SHIM` once the CLI is seen not to import.
-_COMMAND: list[list[str]] = []
-
-
-def node_command() -> list[str]:
-    """The ``hippo-scp`` command as the network tests run it; while another subcommand of the
-    CLI does not import (work in progress elsewhere), the serve-only shim of the benchmarks,
-    which registers the very same ``serve`` command and ``run_node``."""
-    return _COMMAND[-1] if _COMMAND else list(netconf.NODE_COMMAND)
-
-
 class HardNode(NodeProcess):
     """:class:`NodeProcess` plus what the hardening tests read: pid, RSS, log waits."""
 
     def start(self, timeout: float = 90.0) -> HardNode:
-        original = netconf.NODE_COMMAND
-        netconf.NODE_COMMAND = node_command()
-        try:
-            super().start(timeout)
-        except AssertionError:
-            cli_broken = "hippo_scp/cli/__init__.py" in self.output and "Error" in self.output
-            if not cli_broken or netconf.NODE_COMMAND == SHIM:
-                raise
-            _COMMAND.append(SHIM)
-            netconf.NODE_COMMAND = SHIM
-            self.lines.clear()
-            super().start(timeout)
-        finally:
-            netconf.NODE_COMMAND = original
+        super().start(timeout)
         return self
 
     @property
