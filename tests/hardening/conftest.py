@@ -51,10 +51,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 class HardNode(NodeProcess):
     """:class:`NodeProcess` plus what the hardening tests read: pid, RSS, log waits."""
 
-    def start(self, timeout: float = 90.0) -> HardNode:
-        super().start(timeout)
-        return self
-
     @property
     def pid(self) -> int:
         assert self._proc is not None
