@@ -137,17 +137,14 @@ def build_volume_sr(
             tracking_uids[WHOLE_STRUCTURE.label],
         ),
     ]
-    # Image library (TID 1600) entries: highdicom derives them from the classic Image Plane
-    # module, which enhanced multi-frame instances do not have; those keep the per-group source
-    # references and the evidence sequence only.
-    single_frame = all(int(ds.get("NumberOfFrames") or 1) == 1 for ds in headers)
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(identity),
         procedure_reported=codes.cid100.MRIUnspecifiedBodyRegion,
         imaging_measurements=groups,
-        referenced_images=headers if single_frame else None,
+        # The image library is added below, after the document is built (see there).
+        referenced_images=None,
     )
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         # First item: patient/study modules are copied from it (header copy with Type 2 set).
         evidence=[*headers, seg],
         content=report[0],
@@ -164,3 +161,33 @@ def build_volume_sr(
         device_serial_number=identity.device_serial_number,
         contributing_equipment=identity.contributing_equipment(),
     )
+    _insert_image_library(sr, headers)
+    return sr
+
+
+def _insert_image_library(sr: hd.sr.Comprehensive3DSR, headers: Sequence[Dataset]) -> None:
+    """Add the TID 1600 Image Library, one entry per source slice, to a built document.
+
+    Why not ``MeasurementReport(referenced_images=headers)``: ``Comprehensive3DSR`` deep-copies
+    and re-parses its whole content tree, and the library is most of that tree (about 15
+    content items per slice). Building the library with highdicom's own ``ImageLibrary``
+    template and inserting it where ``MeasurementReport`` would put it (after "Procedure
+    reported", before "Imaging Measurements") gives the same document -- the tests compare it
+    item by item with highdicom's path -- in about half the time (0.6 s instead of 1.1-1.3 s
+    for a 32-slice HippoCrop on the 2-core box), which is most of the node's release -> results
+    latency (docs/benchmarks.md).
+
+    highdicom derives the entries from the classic Image Plane module, which enhanced
+    multi-frame instances do not have: those keep the per-group source references and the
+    evidence sequence only (the library is optional in TID 1500).
+    """
+    if not headers or any(int(ds.get("NumberOfFrames") or 1) != 1 for ds in headers):
+        return
+    library = hd.sr.ImageLibrary(headers)
+    content = sr.ContentSequence
+    measurements_at = next(
+        index
+        for index, item in enumerate(content)
+        if item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value
+    )
+    content.insert(measurements_at, library[0])

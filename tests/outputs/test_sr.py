@@ -113,3 +113,50 @@ def test_dsrdump_reads_the_sr_without_warnings(built):
     assert run.returncode == 0, output[-2000:]
     assert "warning" not in output and "error" not in output, output[:2000]
     assert "imaging measurement report" in output
+
+
+def test_image_library_is_the_one_highdicom_would_build(built, monkeypatch):
+    """The library is inserted after the document is built (for speed); the content tree must
+    be exactly what ``MeasurementReport(referenced_images=...)`` gives, entry for entry."""
+    from hippo_scp.outputs import sr as sr_module
+    from hippo_scp.outputs.identity import reference_header
+
+    def build():
+        return sr_module.build_volume_sr(
+            built.sources,
+            built.seg,
+            built.volumes,
+            IDENTITY,
+            tracking_uids={
+                0: "1.2.826.0.1.3680043.10.1",
+                1: "1.2.826.0.1.3680043.10.2",
+                2: "1.2.826.0.1.3680043.10.3",
+            },
+            series_instance_uid="1.2.826.0.1.3680043.10.4",
+            sop_instance_uid="1.2.826.0.1.3680043.10.5",
+        )
+
+    fast = build()
+    library_headers = [reference_header(ds) for ds in built.sources]
+    highdicom_report = hd.sr.MeasurementReport
+
+    def with_library(*args, **kwargs):
+        kwargs["referenced_images"] = library_headers
+        return highdicom_report(*args, **kwargs)
+
+    monkeypatch.setattr(sr_module.hd.sr, "MeasurementReport", with_library)
+    monkeypatch.setattr(sr_module, "_insert_image_library", lambda sr, headers: None)
+    reference = build()
+
+    assert (
+        fast.to_json_dict()["0040A730"] == reference.to_json_dict()["0040A730"]
+    )  # ContentSequence
+    entries = [
+        item
+        for group in fast.ContentSequence
+        if group.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImageLibrary.value
+        for library_group in group.ContentSequence
+        for item in library_group.ContentSequence
+        if item.ValueType == "IMAGE"
+    ]
+    assert len(entries) == len(built.sources)
