@@ -51,45 +51,6 @@ STUDIES_JSON = "test_studies.json"
 VALIDATION_JSON = "validation_metrics.json"
 SPLIT_FILE = REPO_ROOT / "model_weights" / "split.json"
 
-#: SNOMED CT "Volume" (the concept name of every measurement in the SR).
-_VOLUME_CODE = ("118565006", "SCT")
-#: DCM "Tracking Identifier".
-_TRACKING_ID_CODE = ("112039", "DCM")
-
-
-def _code(item: Dataset) -> tuple[str, str]:
-    concept = item.ConceptNameCodeSequence[0]
-    return str(concept.CodeValue), str(concept.CodingSchemeDesignator)
-
-
-def sr_volumes(sr: Dataset) -> dict[str, float]:
-    """Volumes (mm³) in a TID 1500 SR, keyed by the measurement group's tracking identifier."""
-    volumes: dict[str, float] = {}
-
-    def walk(items: Any, group: str | None) -> None:
-        for item in items:
-            if item.get("ConceptNameCodeSequence") is None:
-                continue
-            code = _code(item)
-            if code == _TRACKING_ID_CODE:
-                continue
-            if item.ValueType == "CONTAINER" and "ContentSequence" in item:
-                name = next(
-                    (
-                        str(child.TextValue)
-                        for child in item.ContentSequence
-                        if child.get("ConceptNameCodeSequence") is not None
-                        and _code(child) == _TRACKING_ID_CODE
-                    ),
-                    group,
-                )
-                walk(item.ContentSequence, name)
-            elif item.ValueType == "NUM" and code == _VOLUME_CODE and group:
-                volumes[group] = float(item.MeasuredValueSequence[0].NumericValue)
-
-    walk(sr.ContentSequence, None)
-    return volumes
-
 
 def model_version_of(ds: Dataset) -> str:
     """The model version an output records in SoftwareVersions (``model <version>``)."""

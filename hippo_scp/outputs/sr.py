@@ -191,3 +191,19 @@ def _insert_image_library(sr: hd.sr.Comprehensive3DSR, headers: Sequence[Dataset
         if item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value
     )
     content.insert(measurements_at, library[0])
+
+
+def read_volumes(sr: Dataset) -> dict[str, float]:
+    """Volumes (mm³) of a hippo-scp SR, keyed by tracking identifier, as a receiver reads them.
+
+    ``{"Anterior hippocampus": ..., "Posterior hippocampus": ..., "Hippocampus": ...}``.
+    Parsed by highdicom (TID 1500 measurement groups, ``Volume`` measurements), the way a
+    downstream system would, so tests and the documentation examples check what was encoded
+    rather than what the analysis meant to write. ``sr`` is not modified.
+    """
+    document = hd.sr.Comprehensive3DSR.from_dataset(sr, copy=True)
+    volumes: dict[str, float] = {}
+    for group in document.content.get_volumetric_roi_measurement_groups():
+        for measurement in group.get_measurements(name=codes.SCT.Volume):
+            volumes[str(group.tracking_identifier)] = float(measurement.value)
+    return volumes

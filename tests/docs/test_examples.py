@@ -16,6 +16,7 @@ import pytest
 from pydicom import dcmread
 
 from hippo_scp.outputs.identity import ANTERIOR_STRUCTURE, POSTERIOR_STRUCTURE
+from hippo_scp.outputs.sr import read_volumes
 
 EXAMPLES = gen.EXAMPLES_DIR
 REGENERATE = "run .venv/bin/python docs/generate_examples.py and commit docs/examples/"
@@ -77,7 +78,7 @@ def test_examples_have_the_sop_classes_and_syntaxes_the_conformance_statement_li
 
 def test_sr_volumes_rederive_from_the_seg_and_match_the_dump(examples: Path) -> None:
     sr = dcmread(examples / "sr.dcm")
-    volumes = gen.sr_volumes(sr)
+    volumes = read_volumes(sr)
     seg = dcmread(examples / "seg.dcm")
     measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     voxel_mm3 = float(np.prod([float(v) for v in measures.PixelSpacing])) * float(
@@ -105,8 +106,8 @@ def test_fresh_analysis_of_study1_reproduces_the_committed_volumes(
 ) -> None:
     _, analyzer = gen.load_analyzer(weights, threads=2)
     result = gen.analyse_study(analyzer, data_dir / "TestVolumes" / gen.EXAMPLE_STUDY)
-    committed = gen.sr_volumes(dcmread(examples / "sr.dcm"))
-    fresh = gen.sr_volumes(result.sr)
+    committed = read_volumes(dcmread(examples / "sr.dcm"))
+    fresh = read_volumes(result.sr)
     assert committed.keys() == fresh.keys()
     for name, value in fresh.items():
         assert committed[name] == pytest.approx(value, rel=VOLUME_RTOL, abs=1.0), (

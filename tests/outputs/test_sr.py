@@ -160,3 +160,15 @@ def test_image_library_is_the_one_highdicom_would_build(built, monkeypatch):
         if item.ValueType == "IMAGE"
     ]
     assert len(entries) == len(built.sources)
+
+
+def test_read_volumes_returns_what_the_sr_encodes(built):
+    from hippo_scp.outputs.sr import read_volumes
+
+    volumes = read_volumes(built.sr)  # the SR as written to disk and read back
+    assert volumes == {
+        "Anterior hippocampus": pytest.approx(built.volumes.anterior_mm3),
+        "Posterior hippocampus": pytest.approx(built.volumes.posterior_mm3),
+        "Hippocampus": pytest.approx(built.volumes.total_mm3),
+    }
+    assert volumes["Anterior hippocampus"] != volumes["Posterior hippocampus"]
