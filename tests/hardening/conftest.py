@@ -31,6 +31,7 @@ from pynetdicom import AE, _config, build_context
 from pynetdicom.sop_class import MRImageStorage, Verification
 
 import tests.network.conftest as netconf
+from hippo_scp.outputs.sr import read_volumes
 
 # Fixtures of the network folder, made available here (pytest finds fixtures by name in the
 # conftest modules of a test's folder and its parents, and in modules imported into them).
@@ -42,8 +43,8 @@ from tests.network.conftest import (  # noqa: F401
     test_volumes,  # noqa: F401
     write_node_config,
 )
+from tests.result_sets import kind
 
-SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -292,52 +293,8 @@ def restudy(datasets: Sequence[Dataset]) -> list[Dataset]:
 
 
 # --------------------------------------------------------------------------- results
-def kind(ds: Dataset) -> str:
-    uid = ds.SOPClassUID
-    if uid == SEG:
-        return "SEG"
-    if "SR" in uid.name:
-        return "SR"
-    if "Secondary Capture" in uid.name:
-        return "SC"
-    return uid.name
-
-
 def for_study(received: Sequence[Dataset], study_uid: str) -> list[Dataset]:
     return [ds for ds in received if str(ds.StudyInstanceUID) == str(study_uid)]
-
-
-def sr_volumes(sr: Dataset) -> dict[str, float]:
-    """Volume (mm3) of every measurement group, keyed by its Tracking Identifier
-    ("Anterior hippocampus", "Posterior hippocampus", "Hippocampus")."""
-    volumes: dict[str, float] = {}
-
-    def walk(items) -> None:
-        for item in items:
-            meaning = (
-                item.ConceptNameCodeSequence[0].CodeMeaning
-                if "ConceptNameCodeSequence" in item
-                else ""
-            )
-            if meaning == "Measurement Group" and "ContentSequence" in item:
-                children = item.ContentSequence
-                name = next(
-                    (c.TextValue for c in children
-                     if c.get("ValueType") == "TEXT"
-                     and c.ConceptNameCodeSequence[0].CodeMeaning == "Tracking Identifier"),
-                    "?",
-                )  # fmt: skip
-                for child in children:
-                    if (
-                        child.get("ValueType") == "NUM"
-                        and child.ConceptNameCodeSequence[0].CodeMeaning == "Volume"
-                    ):
-                        volumes[str(name)] = float(child.MeasuredValueSequence[0].NumericValue)
-            elif "ContentSequence" in item:
-                walk(item.ContentSequence)
-
-    walk(sr.ContentSequence)
-    return volumes
 
 
 def assert_sane_result_set(datasets: Sequence[Dataset], slices: int) -> dict[str, float]:
@@ -352,7 +309,7 @@ def assert_sane_result_set(datasets: Sequence[Dataset], slices: int) -> dict[str
     }
     assert len(referenced) == slices
     (sr,) = [ds for ds in datasets if kind(ds) == "SR"]
-    volumes = sr_volumes(sr)
+    volumes = read_volumes(sr)
     assert set(volumes) == {"Anterior hippocampus", "Posterior hippocampus", "Hippocampus"}, volumes
     assert all(math.isfinite(v) and v >= 0 for v in volumes.values()), volumes
     parts = volumes["Anterior hippocampus"] + volumes["Posterior hippocampus"]

@@ -47,6 +47,7 @@ from pydicom.uid import (
 from pynetdicom import build_context
 from pynetdicom.sop_class import MRImageStorage, Verification
 
+from hippo_scp.outputs.sr import read_volumes
 from tests.hardening.conftest import (
     HardNode,
     Sent,
@@ -59,14 +60,13 @@ from tests.hardening.conftest import (
     echoscu,
     for_study,
     free_port,
-    kind,
     raw_file,
     series_label,
-    sr_volumes,
     store,
     wait_until,
     write_node_config,
 )
+from tests.result_sets import kind
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(240)]
 
@@ -782,7 +782,7 @@ def test_good_study_after_the_catalogue_is_analysed_correctly(
         datasets
     )
     (sr,) = [ds for ds in results if kind(ds) == "SR"]
-    assert sr_volumes(sr) == sr_volumes(expected.sr)
+    assert read_volumes(sr) == read_volumes(expected.sr)
     volumes = expected.volumes
     assert 0 <= volumes.total_mm3 <= SLICES * 35 * 51 * 1.0
     assert abs(volumes.anterior_mm3 + volumes.posterior_mm3 - volumes.total_mm3) < 1.0

@@ -23,10 +23,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from tests.network.conftest import NodeProcess, Sink, free_port, write_node_config
+from tests.result_sets import kinds
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(300)]
 
-SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 CROP_FOLDERS = {
     "Study1": "13_HCropVolume",
     "Study2": "14_HCropVolume",
@@ -74,20 +74,6 @@ def by_study(datasets: list[Dataset]) -> dict[str, list[Dataset]]:
     for ds in datasets:
         grouped[str(ds.StudyInstanceUID)].append(ds)
     return grouped
-
-
-def kinds(datasets: list[Dataset]) -> Counter[str]:
-    def kind(ds: Dataset) -> str:
-        uid = ds.SOPClassUID
-        if uid == SEG:
-            return "SEG"
-        if "SR" in uid.name:
-            return "SR"
-        if "Secondary Capture" in uid.name:
-            return "SC"
-        return uid.name
-
-    return Counter(kind(ds) for ds in datasets)
 
 
 def outbox_sets(outbox: Path) -> list[Path]:
