@@ -290,6 +290,35 @@ def inference(data: dict) -> list[str]:
     return lines
 
 
+def inference_backends(data: dict) -> list[str]:
+    lines = ["### Inference backends (benchmarks/bench_inference_backends.py)", ""]
+    lines += [
+        f"_{data.get('threads')} threads, median of {data.get('runs_per_shape')} calls per shape "
+        f"after warm-up, torch {data.get('torch')}, load {data.get('loadavg_at_start')} -> "
+        f"{data.get('loadavg_at_end')}_",
+        "",
+        "| backend | median ms | Dice ant. | Dice post. | labels != shipped | prepare s "
+        "| peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in data.get("backends", []):
+        if "median_ms_all" not in row:
+            reason = row.get("skipped") or row.get("error") or "not run"
+            lines.append(f"| {row.get('backend')} | {reason} | | | | | |")
+            continue
+        lines.append(
+            f"| {row['backend']} | {_s(row['median_ms_all'], 1)} | {row['dice_anterior']:.4f} "
+            f"| {row['dice_posterior']:.4f} | {row['voxels_differing_from_shipped_pct']:.3f} % "
+            f"| {_s(row['prepare_s'], 1)} | {_s(row['peak_rss_mb'], 0)} |"
+        )
+    lines += [
+        "",
+        f"Rule: {data.get('rule')}. Fastest that keeps Dice: "
+        f"**{data.get('fastest_keeping_dice')}**.",
+    ]
+    return lines
+
+
 def machine(results: Path) -> list[str]:
     for name in ("ingest", "end_to_end", "memory", "throughput", "node_tuning"):
         data = _load(results, name)
@@ -312,6 +341,7 @@ def render(results: Path) -> str:
         ("ingest", ingest),
         ("end_to_end", end_to_end),
         ("inference", inference),
+        ("inference_backends", inference_backends),
         ("memory", memory),
         ("throughput", throughput),
         ("node_tuning", tuning),

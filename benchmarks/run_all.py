@@ -38,6 +38,7 @@ STEPS: dict[str, tuple[str, list[str], list[str], int, int]] = {
     "memory": ("bench_memory.py", [], [], 900, 400),
     "throughput": ("bench_throughput.py", [], [], 2400, 600),
     "node_tuning": ("bench_node_tuning.py", [], [], 1800, 400),
+    "inference_backends": ("bench_inference_backends.py", [], [], 2400, 900),
 }
 
 
