@@ -157,7 +157,11 @@ def build_backend(name: str, threads: int, scratch: Path) -> tuple[Callable, int
             raise RuntimeError("the TorchScript backend fell back to eager on this machine")
         return segmenter._runner, multiple, version
     if name == "compile":
-        compiled = torch.compile(module, dynamic=True)
+        # dynamic=True fails in inductor's lowering here (torch 2.13: "LoweringException:
+        # ValueRangeError: Invalid ranges [0:-1]"), so shapes are static: one compilation per
+        # padded network grid (multiples of 8), each counted in "first_call_s" / warm-up.
+        torch._dynamo.config.cache_size_limit = 64
+        compiled = torch.compile(module, dynamic=False)
         return compiled, multiple, version
     if name in ("onnxruntime", "ort-int8"):
         import onnxruntime  # noqa: F401 - ImportError -> skipped
