@@ -219,6 +219,13 @@ class Node:
         """Graceful stop; see the module docstring for the order and why."""
         LOGGER.info("shutting down: no new associations")
         self.receiver.stop_accepting()
+        in_progress = self.receiver.active_associations()
+        if in_progress:
+            LOGGER.info(
+                "shutting down: waiting up to %.0f s for %d association(s) in progress",
+                SHUTDOWN_ASSOCIATION_WAIT_S,
+                in_progress,
+            )
         deadline = time.monotonic() + SHUTDOWN_ASSOCIATION_WAIT_S
         while self.receiver.active_associations() and time.monotonic() < deadline:
             time.sleep(0.1)

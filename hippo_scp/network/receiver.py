@@ -236,10 +236,28 @@ class StorageReceiver:
             self.server = None
 
     def active_associations(self) -> int:
-        return len([a for a in self.ae.active_associations if a.is_acceptor])
+        """Established inbound associations: the ones that may be carrying a series now.
+
+        A TCP connection that has not (yet) been accepted as an association -- a load balancer's
+        or monitoring system's port probe, a peer still negotiating -- does not count: shutdown
+        must not wait ``acse_timeout_s`` for it, and aborting it loses nothing.
+        """
+        return len([a for a in self.ae.active_associations if a.is_acceptor and a.is_established])
 
     def shutdown(self) -> None:
+        """Stop listening, drop connections that never became associations, abort the rest."""
         self.stop_accepting()
+        # A port probe (or a peer still negotiating) is closed at the transport level: the
+        # A-ABORT that ``ae.shutdown()`` sends is rejected by pynetdicom's state machine while
+        # no A-ASSOCIATE-RQ has arrived (Sta2), with an exception in the reactor thread.
+        unestablished = [
+            a for a in self.ae.active_associations if a.is_acceptor and not a.is_established
+        ]
+        for assoc in unestablished:
+            transport = getattr(assoc.dul, "socket", None)
+            if transport is not None:
+                with contextlib.suppress(OSError):
+                    transport.close()
         self.ae.shutdown()
 
     # ------------------------------------------------------------------ handlers

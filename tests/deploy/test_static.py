@@ -137,6 +137,9 @@ def test_node_image_runs_the_tested_command():
         "./deploy_scripts/docker/ae_config.yaml:/etc/hippo-scp/ae_config.yaml:ro"
         in (node["volumes"])
     )
+    # The graceful stop (associations in progress, released series, results) outlasts
+    # docker's default 10 s before SIGKILL.
+    assert int(str(node["stop_grace_period"]).rstrip("s")) >= 30
 
 
 def test_compose_is_consistent_with_the_configs():

@@ -3,9 +3,12 @@ stop. Fast: no torch, one short-lived node per test."""
 
 from __future__ import annotations
 
+import logging
 import shutil
+import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,10 +16,12 @@ from types import SimpleNamespace
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 from hippo_scp import MANUFACTURER
 from hippo_scp.config import load_config
-from hippo_scp.node import Node
+from hippo_scp.node import SHUTDOWN_ASSOCIATION_WAIT_S, Node
 from tests.network.conftest import Sink, free_port, require_dcmtk
 from tests.network.test_outbox_worker import sc_dataset
 
@@ -274,3 +279,43 @@ def test_uncompressed_is_preferred_when_offered(start_node) -> None:
         assert assoc.accepted_contexts[0].transfer_syntax[0] == "1.2.840.10008.1.2.1"
     finally:
         assoc.release()
+
+
+def test_a_port_probe_does_not_hold_up_shutdown(start_node, caplog) -> None:
+    """Load balancers and monitoring open bare TCP connections; SIGTERM must not wait for
+    them (docker stop gives 10 s before SIGKILL)."""
+    node = start_node()
+    port = node.config.node.port
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        time.sleep(0.3)  # accepted by pynetdicom: a not-yet-established association
+        with caplog.at_level(logging.INFO, logger="hippo_scp.node"):
+            started = time.monotonic()
+            node.stop()
+            elapsed = time.monotonic() - started
+    assert "association(s) in progress" not in caplog.text
+    assert elapsed < SHUTDOWN_ASSOCIATION_WAIT_S / 2, elapsed
+
+
+def test_shutdown_waits_for_an_association_in_progress(start_node, caplog) -> None:
+    """An established association may be carrying a series: stop() lets it finish."""
+    node = start_node()
+    scu = AE(ae_title="STORESCU")
+    scu.add_requested_context(Verification)
+    assoc = scu.associate("127.0.0.1", node.config.node.port, ae_title="HIPPOAI")
+    assert assoc.is_established
+    released_at: list[float] = []
+
+    def release_later() -> None:
+        time.sleep(1.0)
+        assert assoc.send_c_echo().Status == 0x0000  # still served while the node drains
+        assoc.release()
+        released_at.append(time.monotonic())
+
+    releaser = threading.Thread(target=release_later)
+    with caplog.at_level(logging.INFO, logger="hippo_scp.node"):
+        releaser.start()
+        node.stop()
+        stopped_at = time.monotonic()
+    releaser.join()
+    assert "waiting up to 10 s for 1 association(s) in progress" in caplog.text
+    assert released_at and stopped_at >= released_at[0]
