@@ -4,12 +4,13 @@ The sender logs one line per delivered result set::
 
     series s-0635db4369: results delivered to SINK@127.0.0.1:34887 (32 instances, trigger
     release): receive 102 ms, queue 0 ms, assemble 1134 ms, infer 1002 ms, encode 8502 ms,
-    send 1288 ms; anterior ...
+    write 450 ms, send 1288 ms; anterior ...
 
-``release_to_sent_ms`` = release grace + queue + assemble + infer + encode + send: inside the
-node, from the trigger (association release, or the end of the settle window) to the results
-stored at the destination. ``queue`` counts from the moment the series became due, which for a
-release is ``triggers.release_grace_seconds`` (default 1 s) after it; that grace is added.
+``release_to_sent_ms`` = release grace + queue + assemble + infer + encode + write + send:
+inside the node, from the trigger (association release, or the end of the settle window) to the
+results stored at the destination. ``queue`` counts from the moment the series became due,
+which for a release is ``triggers.release_grace_seconds`` (default 1 s) after it; that grace is
+added. ``write`` (serialising the objects into the outbox) is logged by nodes since 2026-11-27.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ _DELIVERED = re.compile(
     r"\((?P<instances>\S+) instances, trigger (?P<trigger>[^)]+)\): (?P<parts>[^;]*)"
 )
 _PART = re.compile(r"(\w+) (\d+(?:\.\d+)?) ms")
-AFTER_TRIGGER = ("queue", "assemble", "infer", "encode", "send")
+AFTER_TRIGGER = ("queue", "assemble", "infer", "encode", "write", "send")
 
 
 def series_label(series_uid: str) -> str:

@@ -263,7 +263,7 @@ class ResultSender(threading.Thread):
         volumes = summary.get("volumes", {})
         parts = ", ".join(
             f"{name} {timings[name]:.0f} ms"
-            for name in ("receive", "queue", "assemble", "infer", "encode", "send")
+            for name in ("receive", "queue", "assemble", "infer", "encode", "write", "send")
             if name in timings
         )
         vols = ", ".join(

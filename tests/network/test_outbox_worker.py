@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import re
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -45,13 +48,29 @@ def test_outbox_put_is_atomic_and_prepare_removes_half_written_sets(tmp_path: Pa
     assert not (tmp_path / "A@h_1" / ".123-x.tmp").exists()
 
 
-def test_sender_retries_until_the_destination_is_up(tmp_path: Path) -> None:
+def test_outbox_records_how_long_writing_the_objects_took(tmp_path: Path) -> None:
+    """Serialising the SR is ~0.45 s of the release -> sent latency: it must show in the
+    delivery log instead of vanishing between "encode" and "send"."""
+    outbox = Outbox(tmp_path, ["A@h_1"])
+    summary = {"series": "s-1", "timings_ms": {"encode": 3.0}}
+    outbox.put("s-1", [sc_dataset(), sc_dataset()], summary)
+    (item,) = outbox.pending("A@h_1")
+    timings = item.summary()["timings_ms"]
+    assert timings["encode"] == 3.0 and timings["write"] >= 0.0
+    assert summary == {"series": "s-1", "timings_ms": {"encode": 3.0}}  # caller's dict intact
+
+
+def test_sender_retries_until_the_destination_is_up(tmp_path: Path, caplog) -> None:
     sink = Sink(ae_title="PACS", port=free_port())
     destination = Destination(ae_title="PACS", host="127.0.0.1", port=sink.port)
     folder = destination_folder_name("PACS", "127.0.0.1", sink.port)
     outbox = Outbox(tmp_path, [folder])
     outbox.prepare()
-    outbox.put("s-1", [sc_dataset(), sc_dataset()], {"series": "s-1", "volumes": {}})
+    outbox.put(
+        "s-1",
+        [sc_dataset(), sc_dataset()],
+        {"series": "s-1", "volumes": {}, "timings_ms": {"infer": 2.0, "encode": 3.0}},
+    )
     sender = ResultSender(
         outbox,
         [destination],
@@ -61,11 +80,17 @@ def test_sender_retries_until_the_destination_is_up(tmp_path: Path) -> None:
     assert outbox.count() == 1
     sink.start()
     try:
-        sender.start()
-        received = sink.wait_for(2, timeout=10)
-        assert len(received) == 2
-        assert outbox.count() == 0
+        with caplog.at_level(logging.INFO, logger="hippo_scp.network.sender"):
+            sender.start()
+            received = sink.wait_for(2, timeout=10)
+            assert len(received) == 2
+            deadline = time.monotonic() + 10
+            while sender.delivered_sets < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
         assert sender.delivered_sets == 1
+        assert outbox.count() == 0
+        (line,) = [r.getMessage() for r in caplog.records if "results delivered" in r.getMessage()]
+        assert re.search(r"infer 2 ms, encode 3 ms, write \d+ ms, send \d+ ms", line), line
     finally:
         sender.stop()
         sender.join(5)
