@@ -20,7 +20,7 @@ import math
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from tests.network.conftest import (  # noqa: F401
     free_port,
     network_weights,  # noqa: F401
     test_volumes,  # noqa: F401
+    wait_until,
     write_node_config,
 )
 from tests.result_sets import kind
@@ -317,15 +318,6 @@ def assert_sane_result_set(datasets: Sequence[Dataset], slices: int) -> dict[str
     (ref,) = {str(ds.SeriesInstanceUID) for ds in datasets if kind(ds) == "SEG"}
     assert ref  # the SEG has its own series
     return volumes
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from pynetdicom.sop_class import Verification
 from hippo_scp import MANUFACTURER
 from hippo_scp.config import load_config
 from hippo_scp.node import SHUTDOWN_ASSOCIATION_WAIT_S, Node
-from tests.network.conftest import Sink, free_port, require_dcmtk
+from tests.network.conftest import Sink, free_port, require_dcmtk, wait_until
 from tests.network.test_outbox_worker import sc_dataset
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(120)]
@@ -169,18 +169,11 @@ def test_results_are_sent_over_tls_to_a_tls_destination(start_node, tmp_path: Pa
         assert assoc.is_established
         assert all(assoc.send_c_store(ds).Status == 0 for ds in series)
         assoc.release()
-        deadline = threading.Event()
-        for _ in range(100):
-            if len(sink.snapshot()) >= 3:
-                break
-            deadline.wait(0.1)
+        wait_until(lambda: len(sink.snapshot()) >= 3, timeout=10, step=0.1)
         assert len(sink.snapshot()) == 3
-        # The set leaves the outbox once the association is released, just after the third
-        # object reached the sink.
-        for _ in range(100):
-            if node.outbox.count() == 0:
-                break
-            deadline.wait(0.1)
+        # The set leaves the outbox once the node has the last C-STORE-RSP, just after the
+        # third object reached the sink.
+        wait_until(lambda: node.outbox.count() == 0, timeout=10, step=0.1)
         assert node.outbox.count() == 0
     finally:
         sink.stop()

@@ -22,7 +22,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from tests.network.conftest import NodeProcess, Sink, free_port, write_node_config
+from tests.network.conftest import NodeProcess, Sink, free_port, wait_until, write_node_config
 from tests.result_sets import kinds
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(300)]
@@ -78,15 +78,6 @@ def by_study(datasets: list[Dataset]) -> dict[str, list[Dataset]]:
 
 def outbox_sets(outbox: Path) -> list[Path]:
     return [p for p in outbox.glob("*/*") if p.is_dir() and not p.name.startswith(".")]
-
-
-def wait_until(predicate, timeout: float, step: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 # --------------------------------------------------------------------------- node A

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,7 +18,7 @@ from hippo_scp.imaging.errors import TooFewSlicesError
 from hippo_scp.network.outbox import Outbox, destination_folder_name
 from hippo_scp.network.sender import ResultSender, SenderSettings
 from hippo_scp.pipeline.worker import AnalysisWorker, decode_instance
-from tests.network.conftest import Sink, free_port
+from tests.network.conftest import Sink, free_port, wait_until
 
 
 def sc_dataset(study: str = "1.2.3") -> Dataset:
@@ -84,9 +83,7 @@ def test_sender_retries_until_the_destination_is_up(tmp_path: Path, caplog) -> N
             sender.start()
             received = sink.wait_for(2, timeout=10)
             assert len(received) == 2
-            deadline = time.monotonic() + 10
-            while sender.delivered_sets < 1 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(lambda: sender.delivered_sets >= 1, timeout=10, step=0.05)
         assert sender.delivered_sets == 1
         assert outbox.count() == 0
         (line,) = [r.getMessage() for r in caplog.records if "results delivered" in r.getMessage()]

@@ -25,9 +25,9 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage, Verification
 
 import tests.network.conftest as network_conftest
-from tests.network.conftest import NodeProcess, Sink, free_port, write_node_config
+from tests.network.conftest import NodeProcess, Sink, free_port, wait_until, write_node_config
 from tests.network.test_node_inprocess import fake_result, start_node  # noqa: F401 - fixture
-from tests.network.test_node_network import outbox_sets, storescu, wait_until
+from tests.network.test_node_network import outbox_sets, storescu
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(180)]
 
