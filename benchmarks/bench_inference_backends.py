@@ -180,7 +180,7 @@ def measure_backend(name: str, threads: int, runs: int, warmup: int, cases: int)
 
     from hippo_scp.model.dataset import Split, default_data_dir, load_case
     from hippo_scp.model.evaluation import dice
-    from hippo_scp.model.inference import Segmenter, predict_labels
+    from hippo_scp.model.inference import JIT_ENV, Segmenter, predict_labels
 
     torch.set_num_threads(threads)
     device = torch.device("cpu")
@@ -211,7 +211,7 @@ def measure_backend(name: str, threads: int, runs: int, warmup: int, cases: int)
             shapes.append({"shape": list(shape), "median_ms": round(statistics.median(times), 1)})
 
         split = Split.load(REPO / "model_weights" / "split.json")
-        os.environ.pop("HIPPO_TORCH_JIT", None)
+        os.environ.pop(JIT_ENV, None)  # the reference is the shipped (TorchScript) backend
         shipped = Segmenter(num_threads=threads)
         dices, changed, voxels = [], 0, 0
         for case_id in split.validation[:cases]:

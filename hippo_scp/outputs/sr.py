@@ -173,9 +173,9 @@ def _insert_image_library(sr: hd.sr.Comprehensive3DSR, headers: Sequence[Dataset
     content items per slice). Building the library with highdicom's own ``ImageLibrary``
     template and inserting it where ``MeasurementReport`` would put it (after "Procedure
     reported", before "Imaging Measurements") gives the same document -- the tests compare it
-    item by item with highdicom's path -- in about half the time (0.6 s instead of 1.1-1.3 s
-    for a 32-slice HippoCrop on the 2-core box), which is most of the node's release -> results
-    latency (docs/benchmarks.md).
+    item by item with highdicom's path -- in well under half the time (0.44-0.50 s instead of
+    1.1-1.3 s for a 32-slice HippoCrop on the 2-core box; it was the largest step of the node's
+    release -> results latency, see docs/benchmarks.md).
 
     highdicom derives the entries from the classic Image Plane module, which enhanced
     multi-frame instances do not have: those keep the per-group source references and the
