@@ -116,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
                 delivery = delivery_for(node.log_path, series_uid)
                 if delivery:
                     row["node_release_to_sent_ms"] = delivery["release_to_sent_ms"]
-                    row["node_timings_ms"] = {
-                        "release grace": delivery["grace_ms"],
-                        **delivery["timings_ms"],
-                    }
+                    # older nodes waited out the grace before analysing (grace_ms); newer
+                    # ones log what was left of it after the analysis (timings "grace")
+                    row["node_timings_ms"] = dict(delivery["timings_ms"])
+                    if delivery["grace_ms"]:
+                        row["node_timings_ms"]["release grace"] = delivery["grace_ms"]
                     row["node_trigger"] = delivery["trigger"]
                     if "time" in delivery:
                         # when the node logged the delivery to Orthanc, after t0

@@ -6,11 +6,13 @@ The sender logs one line per delivered result set::
     release): receive 102 ms, queue 0 ms, assemble 1134 ms, infer 1002 ms, encode 8502 ms,
     write 450 ms, send 1288 ms; anterior ...
 
-``release_to_sent_ms`` = release grace + queue + assemble + infer + encode + write + send:
-inside the node, from the trigger (association release, or the end of the settle window) to the
-results stored at the destination. ``queue`` counts from the moment the series became due,
-which for a release is ``triggers.release_grace_seconds`` (default 1 s) after it; that grace is
-added. ``write`` (serialising the objects into the outbox) is logged by nodes since 2026-11-27.
+``release_to_sent_ms`` = queue + assemble + infer + encode + write + grace + send: inside the
+node, from the trigger (association release, or the end of the settle window) to the results
+stored at the destination. Since 2026-11-28 the node analyses and serialises a released series
+during its release grace (``triggers.analyze_during_grace``) and logs ``grace``, what was left
+of it afterwards; ``queue`` counts from the release. Older logs (no ``grace`` part) counted
+``queue`` from the end of the grace, so ``triggers.release_grace_seconds`` (default 1 s) is
+added for them. ``write`` (serialising the objects for the outbox) is logged since 2026-11-27.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ _DELIVERED = re.compile(
     r"\((?P<instances>\S+) instances, trigger (?P<trigger>[^)]+)\): (?P<parts>[^;]*)"
 )
 _PART = re.compile(r"(\w+) (\d+(?:\.\d+)?) ms")
-AFTER_TRIGGER = ("queue", "assemble", "infer", "encode", "write", "send")
+AFTER_TRIGGER = ("queue", "assemble", "infer", "encode", "write", "grace", "send")
 
 
 def series_label(series_uid: str) -> str:
@@ -60,7 +62,8 @@ def deliveries(log_path: Path, release_grace_s: float = 1.0) -> list[dict]:
             "timings_ms": timings,
             "due_to_sent_ms": sum(timings.get(k, 0.0) for k in AFTER_TRIGGER),
         }
-        grace = release_grace_s * 1000 if item["trigger"].strip() == "release" else 0.0
+        released = item["trigger"].strip() == "release"
+        grace = release_grace_s * 1000 if released and "grace" not in timings else 0.0
         item["grace_ms"] = grace
         item["release_to_sent_ms"] = item["due_to_sent_ms"] + grace
         if stamp:

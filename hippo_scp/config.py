@@ -137,8 +137,19 @@ class TriggerSection(_Strict):
         ge=0,
         description=(
             "After a release that carried a whole series, wait this long (capped at "
-            "settle_seconds) before analysing: a sender that opens one association per "
-            "instance shows itself within it, and its series then waits for the settle window"
+            "settle_seconds) before its results are filed: a sender that opens one "
+            "association per instance shows itself within it, and its series then waits for "
+            "the settle window"
+        ),
+    )
+    analyze_during_grace: bool = Field(
+        True,
+        description=(
+            "Start the analysis at the release instead of after the grace; its results are "
+            "kept only if no other association delivers to the series before the grace ends "
+            "(else they are discarded and the series waits for the settle window). Saves up "
+            "to release_grace_seconds of latency; costs a discarded analysis for senders "
+            "that spread a series over associations"
         ),
     )
     retain_analysed_seconds: float = Field(

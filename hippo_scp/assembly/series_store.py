@@ -15,7 +15,12 @@ Trigger rules (why they are what they are):
   ``storescu +sd`` / PACS-router case) is due after a short grace period
   (``triggers.release_grace_seconds``). The grace catches senders that open one association
   per few instances: if another association delivers to the series within it, the series
-  switches to the settle rule instead of being analysed piecemeal. An association that
+  switches to the settle rule instead of being analysed piecemeal. With
+  ``triggers.analyze_during_grace`` (the default) the series is handed to the worker at once,
+  as a *provisional* job: the analysis runs while the grace runs, and the worker files the
+  results only after :meth:`SeriesStore.confirm_release` says the grace ended with the series
+  unchanged; otherwise they are discarded and the series waits for the settle window. The
+  grace then costs no latency unless the analysis is quicker than it. An association that
   carried a single single-frame instance never counts as "the whole series" (one association
   per instance, however slow the sender).
 * A series spread over several associations is due once no open association holds pending
@@ -104,6 +109,9 @@ class SeriesJob:
     queued_at: float
     generation: int = 0  # which store entry (an evicted and re-created series is a new one)
     spool_commits: tuple[str, ...] = ()  # spool commits holding these instances
+    #: provisional job (analysed during the release grace): its results may be filed only
+    #: after ``SeriesStore.confirm_release`` -- the grace ends at this clock time
+    confirm_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -134,6 +142,9 @@ class _SeriesEntry:
     #: the last analysis produced results that could not be stored (e.g. outbox disk full):
     #: a resend of the same content must be analysed again
     rearm_on_resend: bool = False
+    #: a provisional job is out (dispatched during the release grace): the dispatched_version
+    #: to restore if another association delivers before the grace ends
+    provisional_previous: int | None = None
 
     def has_pending(self) -> bool:
         return any(self.pending.values())
@@ -146,6 +157,7 @@ class StoreSettings:
     settle_seconds: float = 3.0
     release_grace_seconds: float = 1.0
     analyze_on_release: bool = True
+    analyze_during_grace: bool = True
     reanalyze_unchanged: bool = False
     retain_analysed_seconds: float = 300.0
     max_series_bytes: int = 512 * 1024**2
@@ -161,6 +173,7 @@ class StoreSettings:
             settle_seconds=triggers.settle_seconds,
             release_grace_seconds=triggers.release_grace_seconds,
             analyze_on_release=triggers.analyze_on_release,
+            analyze_during_grace=triggers.analyze_during_grace,
             reanalyze_unchanged=triggers.reanalyze_unchanged,
             retain_analysed_seconds=triggers.retain_analysed_seconds,
             max_series_bytes=limits.max_series_bytes,
@@ -417,9 +430,36 @@ class SeriesStore:
         return self.collect_ready()
 
     def wake(self) -> None:
-        """Wake a thread blocked in :meth:`wait_ready` (shutdown)."""
+        """Wake a thread blocked in :meth:`wait_ready` or :meth:`confirm_release` (shutdown)."""
         with self._lock:
             self._changed.notify_all()
+
+    def confirm_release(self, job: SeriesJob, *, hurry: Callable[[], bool] = bool) -> bool:
+        """For a provisional job: block until its release grace ends, then say whether its
+        results stand (True) or another association delivered to the series meanwhile
+        (False: discard them; the series is due again under the settle rule).
+
+        ``hurry()`` true (node shutdown) ends the wait early with the series as it is: its
+        association was released, so it is complete, as for ``force_release_due``. A job that
+        is not provisional is confirmed at once.
+        """
+        if job.confirm_at is None:
+            return True
+        with self._lock:
+            while True:
+                entry = self._entries.get(job.key)
+                if (
+                    entry is None
+                    or entry.generation != job.generation
+                    or entry.provisional_previous is None
+                    or entry.version != job.version
+                ):
+                    return False
+                remaining = job.confirm_at - self._clock()
+                if remaining <= 0 or hurry():
+                    entry.provisional_previous = None
+                    return True
+                self._changed.wait(remaining)
 
     def was_analysed(self, key: SeriesKey, fingerprint: str) -> bool:
         """Whether this exact content of the series has been analysed before."""
@@ -557,19 +597,29 @@ class SeriesStore:
         if entry.release_due is not None:
             entry.release_due = None
             entry.multi_association = True
+        if entry.provisional_previous is not None:
+            # The provisional job is already analysing: un-dispatch its content, so the
+            # series is due again (settle rule) and confirm_release() refuses the job.
+            entry.dispatched_version = entry.provisional_previous
+            entry.provisional_previous = None
+            entry.multi_association = True
+            self._changed.notify_all()
 
     def _is_due(self, entry: _SeriesEntry, now: float, force_release_due: bool) -> bool:
         if entry.overflowed or not entry.committed or entry.has_pending():
             return False
         if entry.version == entry.dispatched_version:
             return False
-        if entry.release_due is not None and (force_release_due or now >= entry.release_due):
+        if entry.release_due is not None and (
+            force_release_due or now >= entry.release_due or self._settings.analyze_during_grace
+        ):
             return True
         return now - entry.last_activity >= self._settings.settle_seconds
 
     def _is_stale(self, entry: _SeriesEntry, now: float) -> bool:
         return (
-            not entry.has_pending()
+            entry.provisional_previous is None
+            and not entry.has_pending()
             and not entry.delivered
             and entry.version == entry.dispatched_version
             and now - entry.last_activity >= self._settings.retain_analysed_seconds
@@ -591,6 +641,9 @@ class SeriesStore:
             generation=entry.generation,
             spool_commits=tuple(entry.spool_commits),
         )
+        if entry.release_due is not None and now < entry.release_due:
+            job.confirm_at = entry.release_due  # dispatched early, during the grace
+            entry.provisional_previous = entry.dispatched_version
         entry.restored = False
         entry.dispatched_version = entry.version
         entry.release_due = None
@@ -605,7 +658,11 @@ class SeriesStore:
                 continue
             if entry.version != entry.dispatched_version:
                 if entry.release_due is not None:
-                    deadlines.append(entry.release_due)
+                    # Analysed during the grace: due now (the grace is checked at filing).
+                    due = self._clock() if self._settings.analyze_during_grace else None
+                    deadlines.append(
+                        entry.release_due if due is None else min(due, entry.release_due)
+                    )
                 deadlines.append(entry.last_activity + self._settings.settle_seconds)
             else:
                 deadlines.append(entry.last_activity + self._settings.retain_analysed_seconds)
@@ -662,6 +719,7 @@ class SeriesStore:
                 e
                 for e in self._entries.values()
                 if e is not keep
+                and e.provisional_previous is None
                 and not e.has_pending()
                 and not e.delivered
                 and e.version == e.dispatched_version

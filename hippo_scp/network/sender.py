@@ -263,7 +263,16 @@ class ResultSender(threading.Thread):
         volumes = summary.get("volumes", {})
         parts = ", ".join(
             f"{name} {timings[name]:.0f} ms"
-            for name in ("receive", "queue", "assemble", "infer", "encode", "write", "send")
+            for name in (
+                "receive",
+                "queue",
+                "assemble",
+                "infer",
+                "encode",
+                "write",
+                "grace",
+                "send",
+            )
             if name in timings
         )
         vols = ", ".join(

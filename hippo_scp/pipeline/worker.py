@@ -29,6 +29,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from hippo_scp.assembly.series_store import ReceivedInstance, SeriesJob, SeriesStore
 from hippo_scp.imaging.errors import VolumeError
+from hippo_scp.network.outbox import EncodedObjects
 
 LOGGER = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class ResultLike(Protocol):
 
 
 class OutboxLike(Protocol):
-    def put(self, label: str, datasets: Sequence[Dataset], summary: dict[str, Any]) -> str: ...
+    def put(self, label: str, datasets: EncodedObjects, summary: dict[str, Any]) -> str: ...
 
 
 class SpoolLike(Protocol):
@@ -91,6 +92,17 @@ class WorkerStats:
     refused: int = 0
     skipped_unchanged: int = 0
     failed: int = 0
+    #: provisional analyses dropped because the series changed during the release grace
+    superseded: int = 0
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """Why a series produced no results: bad input (``error`` None) or a bug (``error``)."""
+
+    reason: str
+    count: int | None = None  # instances, when the log line should say how many
+    error: BaseException | None = None
 
 
 class AnalysisWorker(threading.Thread):
@@ -152,8 +164,13 @@ class AnalysisWorker(threading.Thread):
                 self.idle.set()
 
     def process(self, job: SeriesJob) -> str | None:
-        """Analyse one series and file its results; returns the outbox id (None: nothing)."""
-        t0 = time.perf_counter()
+        """Analyse one series and file its results; returns the outbox id (None: nothing).
+
+        A provisional job (dispatched at its release, during the grace) is analysed -- and its
+        objects serialised -- first and confirmed afterwards: its outcome, results or refusal,
+        is filed only if the store confirms that no other association delivered to the series
+        before the grace ended.
+        """
         queue_ms = max(0.0, time.monotonic() - job.queued_at) * 1000
         content = fingerprint(job.instances)
         if self._store.was_analysed(job.key, content) and not self._reanalyze_unchanged:
@@ -165,59 +182,35 @@ class AnalysisWorker(threading.Thread):
             )
             self._retire(job)
             return None
-        try:
-            datasets = [decode_instance(instance) for instance in job.instances]
-        except Exception as error:
-            self.stats.refused += 1
-            self._store.mark_analysed(job.key, content)
-            LOGGER.warning(
-                "series %s not analysed: an instance cannot be parsed (%s)",
-                job.label,
-                type(error).__name__,
-            )
-            self._retire(job)
+        outcome = self._analyse(job)
+        grace_ms = self._wait_for_confirmation(job)
+        if grace_ms is None:
             return None
-        parse_ms = (time.perf_counter() - t0) * 1000
-        try:
-            result = self._analyze(datasets)
-        except (VolumeError, ValueError, RuntimeError) as error:
-            # VolumeError (a ValueError) and AnalysisError (a RuntimeError): the series
-            # cannot be measured correctly. Expected for bad input; sending nothing is right.
-            self.stats.refused += 1
-            self._store.mark_analysed(job.key, content)
-            LOGGER.warning(
-                "series %s not analysed (%d instances): %s: %s; no results sent",
-                job.label,
-                len(job.instances),
-                type(error).__name__,
-                error,
-            )
-            self._retire(job)
+        if isinstance(outcome, _Refusal):
+            self._refuse(job, content, outcome)
             return None
-        except Exception:
-            self.stats.failed += 1
-            self._store.mark_analysed(job.key, content)
-            LOGGER.exception("series %s: analysis failed unexpectedly; no results sent", job.label)
-            self._retire(job)
-            return None
+        result, parse_ms, encoded = outcome
         timings = dict(result.timings_ms)
+        stages = {
+            "receive": round(job.receive_ms, 1),
+            "queue": round(queue_ms, 1),
+            "assemble": round(parse_ms + timings.get("load", 0.0), 1),
+            "infer": round(timings.get("infer", 0.0), 1),
+            "encode": round(timings.get("encode", 0.0), 1),
+        }
+        if job.confirm_at is not None:
+            stages["grace"] = round(grace_ms, 1)  # what was left of the grace after the analysis
         summary = {
             "series": job.label,
             "trigger": job.trigger,
             "instances": len(job.instances),
-            "timings_ms": {
-                "receive": round(job.receive_ms, 1),
-                "queue": round(queue_ms, 1),
-                "assemble": round(parse_ms + timings.get("load", 0.0), 1),
-                "infer": round(timings.get("infer", 0.0), 1),
-                "encode": round(timings.get("encode", 0.0), 1),
-            },
+            "timings_ms": stages,
             "volumes": _volumes(result),
             "model_version": str(result.model_version),
             "content": content,
         }
         try:
-            outbox_id = self._outbox.put(job.label, [result.seg, result.sr, result.report], summary)
+            outbox_id = self._outbox.put(job.label, encoded, summary)
         except OSError as error:
             # Not marked analysed and kept in the spool: a resend (or, with the spool, a
             # restart) analyses the series again once there is room.
@@ -242,6 +235,64 @@ class AnalysisWorker(threading.Thread):
         )
         self._on_results()
         return outbox_id
+
+    def _analyse(self, job: SeriesJob) -> tuple[ResultLike, float, EncodedObjects] | _Refusal:
+        """Decode, analyse and serialise: (result, parse ms, the objects as the outbox writes
+        them: SEG, SR, report) or why not."""
+        t0 = time.perf_counter()
+        try:
+            datasets = [decode_instance(instance) for instance in job.instances]
+        except Exception as error:
+            return _Refusal(f"an instance cannot be parsed ({type(error).__name__})")
+        parse_ms = (time.perf_counter() - t0) * 1000
+        try:
+            result = self._analyze(datasets)
+        except (VolumeError, ValueError, RuntimeError) as error:
+            # VolumeError (a ValueError) and AnalysisError (a RuntimeError): the series
+            # cannot be measured correctly. Expected for bad input; sending nothing is right.
+            return _Refusal(
+                f"{type(error).__name__}: {error}; no results sent", count=len(job.instances)
+            )
+        except Exception as error:
+            return _Refusal("analysis failed unexpectedly; no results sent", error=error)
+        try:
+            encoded = EncodedObjects.of([result.seg, result.sr, result.report])
+        except Exception as error:
+            return _Refusal("results cannot be serialised; no results sent", error=error)
+        return result, parse_ms, encoded
+
+    def _wait_for_confirmation(self, job: SeriesJob) -> float | None:
+        """Ms waited for a provisional job's grace to end (0 for other jobs); None when the
+        series changed meanwhile and this outcome must be dropped."""
+        t0 = time.perf_counter()
+        if self._store.confirm_release(job, hurry=self._stop_event.is_set):
+            return (time.perf_counter() - t0) * 1000
+        self.stats.superseded += 1
+        LOGGER.info(
+            "series %s: another association delivered to it during the release grace; this "
+            "analysis is dropped and the series is analysed once it is complete",
+            job.label,
+        )
+        return None
+
+    def _refuse(self, job: SeriesJob, content: str, refusal: _Refusal) -> None:
+        """File a refusal: logged, remembered (the same content is not retried), spool freed."""
+        self._store.mark_analysed(job.key, content)
+        if refusal.error is not None:
+            self.stats.failed += 1
+            LOGGER.error("series %s: %s", job.label, refusal.reason, exc_info=refusal.error)
+        else:
+            self.stats.refused += 1
+            if refusal.count is None:
+                LOGGER.warning("series %s not analysed: %s", job.label, refusal.reason)
+            else:
+                LOGGER.warning(
+                    "series %s not analysed (%d instances): %s",
+                    job.label,
+                    refusal.count,
+                    refusal.reason,
+                )
+        self._retire(job)
 
     def _retire(self, job: SeriesJob) -> None:
         if self._spool is not None:

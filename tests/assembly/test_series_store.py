@@ -36,10 +36,13 @@ def header(series: str, sop: str, description: str = "HippoCrop") -> Dataset:
 
 
 def make_store(clock: FakeClock, **overrides: object) -> SeriesStore:
+    """A store with the classic release rule (nothing due during the grace); the tests of
+    ``analyze_during_grace`` (provisional jobs) turn it on explicitly."""
     settings = StoreSettings(
         **{
             "settle_seconds": 3.0,
             "release_grace_seconds": 1.0,
+            "analyze_during_grace": False,
             "retain_analysed_seconds": 60.0,
             "max_series_bytes": 1000,
             "max_total_bytes": 2000,
@@ -300,3 +303,98 @@ def test_single_multiframe_instance_counts_as_whole_series() -> None:
     store.association_released(1)
     clock.advance(1.0)
     assert [j.trigger for j in store.collect_ready()] == ["release"]
+
+
+# ---------------------------------------------------------------- analysis during the grace
+def released_series(clock: FakeClock, series: str, count: int = 4) -> SeriesStore:
+    store = make_store(clock, analyze_during_grace=True)
+    for i in range(count):
+        offer(store, 1, series, f"{series}.{i}")
+    store.association_released(1)
+    return store
+
+
+def test_released_series_is_dispatched_at_once_and_confirmed_when_the_grace_ends() -> None:
+    clock = FakeClock()
+    store = released_series(clock, "9.30")
+    assert store.next_deadline() == clock.now  # due now, not after the grace
+    (job,) = store.collect_ready()
+    assert job.trigger == "release" and job.confirm_at == clock.now + 1.0
+    clock.advance(1.0)  # the analysis took as long as the grace
+    assert store.confirm_release(job) is True
+    clock.advance(100)
+    assert store.collect_ready() == []  # never twice for the same content
+
+
+def test_delivery_during_the_grace_drops_the_provisional_job_and_waits_for_settle() -> None:
+    clock = FakeClock()
+    store = released_series(clock, "9.31")
+    (job,) = store.collect_ready()
+    clock.advance(0.5)
+    offer(store, 2, "9.31", "9.31.9")  # the sender spreads the series over associations
+    assert store.confirm_release(job) is False  # at once: no need to wait out the grace
+    store.association_released(2)
+    clock.advance(2.9)
+    assert store.collect_ready() == []  # settle window not over
+    clock.advance(0.1)
+    (again,) = store.collect_ready()
+    assert (again.trigger, len(again.instances), again.confirm_at) == ("settle", 5, None)
+    assert store.confirm_release(again) is True
+
+
+def test_duplicate_only_delivery_during_the_grace_still_gets_the_series_analysed() -> None:
+    """Dropping the provisional job must not lose the series when the later association
+    only repeats instances (content unchanged, so no new version would make it due)."""
+    clock = FakeClock()
+    store = released_series(clock, "9.32", count=3)
+    (job,) = store.collect_ready()
+    offer(store, 2, "9.32", "9.32.0")  # same bytes as before
+    store.association_released(2)
+    assert store.confirm_release(job) is False
+    clock.advance(3.0)
+    assert [len(j.instances) for j in store.collect_ready()] == [3]
+
+
+def test_confirmation_is_refused_for_a_series_that_was_evicted_and_recreated() -> None:
+    clock = FakeClock()
+    store = released_series(clock, "9.33")
+    (job,) = store.collect_ready()
+    clock.advance(1.0)
+    stale = type(job)(**{f: getattr(job, f) for f in job.__slots__})
+    stale.generation = job.generation + 1000
+    assert store.confirm_release(stale) is False
+    assert store.confirm_release(job) is True
+
+
+def test_hurry_confirms_before_the_grace_ends() -> None:
+    """Node shutdown: the association was released, so the series is complete."""
+    clock = FakeClock()
+    store = released_series(clock, "9.34")
+    (job,) = store.collect_ready()
+    assert store.confirm_release(job, hurry=lambda: True) is True
+
+
+def test_provisional_series_is_not_evicted_for_memory() -> None:
+    clock = FakeClock()
+    store = make_store(clock, analyze_during_grace=True, max_series_bytes=1500)
+    for i in range(10):  # 1000 of the 2000 bytes
+        offer(store, 1, "9.35", f"9.35.{i}")
+    store.association_released(1)
+    (job,) = store.collect_ready()
+    for i in range(10):  # another series needs the rest and more
+        assert offer(store, 3, "9.36", f"9.36.{i}") is StoreOutcome.STORED
+    assert offer(store, 3, "9.36", "9.36.10") is StoreOutcome.OUT_OF_RESOURCES
+    clock.advance(1.0)
+    assert store.confirm_release(job) is True  # evicted, it would be refused
+
+
+def test_classic_grace_when_analysis_during_grace_is_off() -> None:
+    clock = FakeClock()
+    store = make_store(clock)  # analyze_during_grace False
+    offer(store, 1, "9.37", "9.37.0")
+    offer(store, 1, "9.37", "9.37.1")
+    store.association_released(1)
+    assert store.collect_ready() == []
+    clock.advance(1.0)
+    (job,) = store.collect_ready()
+    assert job.confirm_at is None and store.confirm_release(job) is True

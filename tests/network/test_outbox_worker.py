@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -15,7 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from hippo_scp.assembly.series_store import SeriesStore, StoreSettings
 from hippo_scp.config import Destination
 from hippo_scp.imaging.errors import TooFewSlicesError
-from hippo_scp.network.outbox import Outbox, destination_folder_name
+from hippo_scp.network.outbox import EncodedObjects, Outbox, destination_folder_name
 from hippo_scp.network.sender import ResultSender, SenderSettings
 from hippo_scp.pipeline.worker import AnalysisWorker, decode_instance
 from tests.network.conftest import Sink, free_port, wait_until
@@ -96,10 +99,10 @@ def test_sender_retries_until_the_destination_is_up(tmp_path: Path, caplog) -> N
 
 class FakeOutbox:
     def __init__(self) -> None:
-        self.sets: list[tuple[str, list[Dataset], dict]] = []
+        self.sets: list[tuple[str, EncodedObjects, dict]] = []
 
-    def put(self, label: str, datasets, summary: dict) -> str:
-        self.sets.append((label, list(datasets), summary))
+    def put(self, label: str, objects: EncodedObjects, summary: dict) -> str:
+        self.sets.append((label, objects, summary))
         return str(len(self.sets))
 
 
@@ -141,8 +144,9 @@ def test_worker_files_results_and_skips_unchanged_content() -> None:
     (job,) = store.collect_ready()
     assert worker.process(job) == "1"
     assert seen == [3]
-    label, datasets, summary = outbox.sets[0]
-    assert len(datasets) == 3 and summary["volumes"]["total_mm3"] == 3.0
+    label, objects, summary = outbox.sets[0]
+    assert len(objects) == 3 and summary["volumes"]["total_mm3"] == 3.0
+    assert [dcmread(BytesIO(blob)).Modality for blob in objects.blobs] == ["OT"] * 3
     assert "DOE" not in str(summary)
     assert worker.process(job) is None  # same content again: skipped
     assert worker.stats.skipped_unchanged == 1
@@ -198,3 +202,83 @@ def test_stop_with_drain_analyses_released_series_still_in_grace() -> None:
     worker.join(5)
     assert not worker.is_alive()
     assert calls == [2]
+
+
+def _fake_result(datasets) -> SimpleNamespace:
+    return SimpleNamespace(
+        seg=sc_dataset(), sr=sc_dataset(), report=sc_dataset(),
+        timings_ms={"load": 1.0, "infer": 2.0, "encode": 3.0}, model_version="m",
+        volumes=SimpleNamespace(anterior_mm3=1.0, posterior_mm3=2.0, total_mm3=3.0),
+    )  # fmt: skip
+
+
+def _encoded(series: str, sop: str) -> tuple[Dataset, bytes]:
+    ds = sc_dataset()
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = series, sop
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR, buffer.is_little_endian = True, True
+    write_dataset(buffer, ds)
+    return ds, buffer.getvalue()
+
+
+def _grace_store(grace_s: float) -> SeriesStore:
+    return SeriesStore(
+        StoreSettings(settle_seconds=2, release_grace_seconds=grace_s), lambda ds: True
+    )
+
+
+def test_worker_analyses_during_the_release_grace_and_files_when_it_ends() -> None:
+    """The analysis starts at the release; the results are filed once the grace is over,
+    and the log's "grace" stage says how much of it was left after the analysis."""
+    store = _grace_store(0.6)
+    for k in range(3):
+        ds, data = _encoded("9.40", f"9.40.{k}")
+        store.offer(1, ds, lambda d=data: d, len(data), "1.2.840.10008.1.2")
+    analysed_at: list[float] = []
+
+    def analyze(datasets):
+        analysed_at.append(time.monotonic())
+        return _fake_result(datasets)
+
+    outbox = FakeOutbox()
+    worker = AnalysisWorker(store, analyze, outbox, poll_s=0.05)
+    worker.start()
+    try:
+        released_at = time.monotonic()
+        store.association_released(1)
+        wait_until(lambda: len(outbox.sets) == 1, timeout=10, step=0.02)
+        filed_at = time.monotonic()
+    finally:
+        worker.stop(drain=False)
+        worker.join(5)
+    assert analysed_at[0] - released_at < 0.4  # not after the grace
+    assert filed_at - released_at >= 0.6  # but the results waited for it
+    timings = outbox.sets[0][2]["timings_ms"]
+    assert 300 <= timings["grace"] <= 600
+    assert outbox.sets[0][2]["trigger"] == "release"
+
+
+def test_worker_drops_the_provisional_analysis_when_more_arrives_during_the_grace() -> None:
+    store = _grace_store(1.0)
+    for k in range(3):
+        ds, data = _encoded("9.41", f"9.41.{k}")
+        store.offer(1, ds, lambda d=data: d, len(data), "1.2.840.10008.1.2")
+    analysed: list[int] = []
+    outbox = FakeOutbox()
+    worker = AnalysisWorker(store, lambda dss: (analysed.append(len(dss)), _fake_result(dss))[1],
+                            outbox, poll_s=0.05)  # fmt: skip
+    worker.start()
+    try:
+        store.association_released(1)
+        wait_until(lambda: analysed == [3], timeout=10, step=0.02)
+        ds, data = _encoded("9.41", "9.41.3")  # a later association adds a slice
+        store.offer(2, ds, lambda: data, len(data), "1.2.840.10008.1.2")
+        store.association_released(2)
+        wait_until(lambda: len(outbox.sets) == 1, timeout=10, step=0.05)  # after settle
+    finally:
+        worker.stop(drain=False)
+        worker.join(5)
+    assert analysed == [3, 4]
+    assert [s[2]["instances"] for s in outbox.sets] == [4]  # only the complete series
+    assert outbox.sets[0][2]["trigger"] == "settle"
+    assert worker.stats.superseded == 1 and worker.stats.analysed == 1
