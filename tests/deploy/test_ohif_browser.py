@@ -1,7 +1,8 @@
 """OHIF in headless Chromium against the end-to-end stack (Orthanc + node results).
 
-The screenshots are written to docs/img/ (the README shows them) and to the test's tmp folder
-when HIPPO_KEEP_SCREENSHOTS=0. Assertions are on the rendered DOM and on viewport pixels.
+The screenshots go to the test's tmp folder; with HIPPO_KEEP_SCREENSHOTS=1 they replace the
+ones in docs/img/ (the README shows them), so an ordinary test run leaves the checkout
+unchanged. Assertions are on the rendered DOM and on viewport pixels.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ def ohif(node_stack: Stack, processed: list[dict]):
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if os.environ.get("HIPPO_KEEP_SCREENSHOTS", "1") == "0":
-        return tmp_path_factory.mktemp("screenshots")
-    return REPO / "docs" / "img"
+    if os.environ.get("HIPPO_KEEP_SCREENSHOTS", "0") == "1":
+        return REPO / "docs" / "img"
+    return tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture(scope="module")
