@@ -77,6 +77,24 @@ def test_each_stable_series_goes_in_one_association(sink_stack: tuple[Stack, Sin
     assert len(routed_series(sink)) == STUDY1_SERIES
 
 
+def test_smaller_series_get_the_higher_job_priority(sink_stack: tuple[Stack, Sink], data_dir: Path):
+    """Jobs waiting for a ConcurrentJobs slot go smallest first: the HippoCrop series (32 tiny
+    slices, ~150 KiB) outranks the 22-slice 512x512 series (~11 MiB each)."""
+    stack, sink = sink_stack
+    stack.send(study(data_dir, 1))
+    wait_for(lambda: sink.instance_count() >= STUDY1_INSTANCES, 60, "Study1 routed to the sink")
+    jobs = [j for j in stack.get("/jobs?expand") if j["Type"] == "DicomModalityStore"]
+    assert len(jobs) == STUDY1_SERIES, jobs
+    by_size = {}
+    for job in jobs:
+        series = stack.get(f"/series/{job['Content']['ParentResources'][0]}")
+        kib = int(stack.get(f"/series/{series['ID']}/statistics")["DiskSize"]) // 1024
+        by_size[kib] = (job["Priority"], series["MainDicomTags"].get("SeriesDescription"))
+    assert [by_size[k][0] for k in sorted(by_size)] == [-k for k in sorted(by_size)]
+    smallest = by_size[min(by_size)]
+    assert smallest[1] == "HippoCrop" and smallest[0] == max(p for p, _ in by_size.values())
+
+
 @pytest.mark.parametrize("sink_stack", ["series", "instance"], indirect=True)
 def test_node_results_are_never_routed_back(
     sink_stack: tuple[Stack, Sink], data_dir: Path, tmp_path: Path
