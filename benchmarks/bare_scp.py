@@ -20,10 +20,11 @@ Knobs (all off = pynetdicom 3.0 as shipped):
 - ``--quickack``: ``TCP_QUICKACK`` re-armed before every ``recv`` (Linux): ACK at once instead
   of the ~40 ms delayed ACK that a sender with Nagle on (dcmtk without ``TCP_NODELAY=1``)
   waits for before its last small segment of each message.
-- ``--fast-contexts``: the acceptor's presentation contexts as a ``PresentationContext``
-  subclass whose ``__deepcopy__`` copies only the transfer-syntax list (UIDs are immutable
-  strings), passed to ``start_server(contexts=...)``: pynetdicom deep-copies the server's
-  contexts for every association (``RequestHandler._create_association``).
+- ``--fast-contexts``: the acceptor's presentation contexts as the node's
+  ``CheaplyCopiedContext`` (:mod:`hippo_scp.network.presentation`, adopted by the node on
+  2026-11-28), whose ``__deepcopy__`` copies only the lists (UIDs are immutable strings),
+  passed to ``start_server(contexts=...)``: pynetdicom deep-copies the server's contexts for
+  every association (``RequestHandler._create_association``).
 - ``--contexts``: ``all`` = every storage SOP class x 13 transfer syntaxes; ``lean`` = every
   storage SOP class x the 3 uncompressed ones. pynetdicom deep-copies the supported contexts
   for every association.
@@ -86,26 +87,6 @@ def apply_nodelay() -> None:
     transport.AssociationServer.get_request = get_request
 
 
-def fast_copy_contexts(contexts: list) -> list:
-    """The same contexts as a subclass whose deep copy is a cheap structural copy."""
-    from pynetdicom.presentation import PresentationContext
-
-    class FastCopyContext(PresentationContext):
-        def __deepcopy__(self, memo):  # UIDs and flags are immutable; only lists are copied
-            new = FastCopyContext.__new__(FastCopyContext)
-            new.__dict__.update(self.__dict__)
-            new._transfer_syntax = list(self._transfer_syntax)
-            return new
-
-    out = []
-    for context in contexts:
-        new = FastCopyContext.__new__(FastCopyContext)
-        new.__dict__.update(context.__dict__)
-        new._transfer_syntax = list(context._transfer_syntax)
-        out.append(new)
-    return out
-
-
 def apply_reactor_sleep(seconds: float) -> None:
     """Shorten the 1 ms ``time.sleep`` at the top of ``Association._run_reactor``."""
     import time as _time
@@ -142,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from pynetdicom import AE, AllStoragePresentationContexts, evt
     from pynetdicom.sop_class import Verification
+
+    from hippo_scp.network.presentation import per_association_contexts
 
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     if args.fast_recv:
@@ -183,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         with lock:
             held.clear()
 
-    contexts = fast_copy_contexts(ae.supported_contexts) if args.fast_contexts else None
+    # The node's own per-association copy (hippo_scp.network.presentation), here on top of
+    # plain pynetdicom to show what it buys.
+    contexts = per_association_contexts(ae.supported_contexts) if args.fast_contexts else None
     server = ae.start_server(
         ("127.0.0.1", args.port),
         block=False,

@@ -91,7 +91,7 @@ def micro(quick: bool) -> dict:
     from pynetdicom.dimse_primitives import C_STORE
     from pynetdicom.dsutils import encode
 
-    from hippo_scp.network.presentation import supported_contexts
+    from hippo_scp.network.presentation import per_association_contexts, supported_contexts
 
     number, repeat = (20, 3) if quick else (200, 7)
     out: dict = {}
@@ -101,9 +101,7 @@ def micro(quick: bool) -> dict:
     out["deepcopy_contexts_per_association"] = _time_op(
         lambda: copy.deepcopy(contexts), max(1, number // 20), repeat
     )
-    from benchmarks.bare_scp import fast_copy_contexts
-
-    fast = fast_copy_contexts(contexts)
+    fast = per_association_contexts(contexts)  # what the node has used since 2026-11-28
     out["deepcopy_contexts_cheap_copy"] = _time_op(lambda: copy.deepcopy(fast), number, repeat)
 
     def encode_rsp() -> None:
@@ -279,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser, default_reps=7)
     parser.add_argument("--parts", default="micro,assoc,bare,bare_installed,node")
+    parser.add_argument(
+        "--merge-into",
+        type=Path,
+        help="also replace the parts measured now in an earlier result file (the old ones are "
+        "kept under 'superseded'), e.g. to re-measure 'micro,assoc' after a node change",
+    )
     args = parser.parse_args(argv)
     n = reps(args, 7)
     parts = args.parts.split(",")
@@ -317,7 +321,32 @@ def main(argv: list[str] | None = None) -> int:
                 )
     path = write_result(result_path(args, "node_tuning"), result)
     print(f"saved {path}")
+    if args.merge_into:
+        merged = merge_into(args.merge_into, result, [p for p in PARTS if p in result])
+        print(f"merged parts {merged} into {args.merge_into}")
     return 0
+
+
+PARTS = ("micro", "assoc", "bare", "bare_installed", "node")
+
+
+def merge_into(target: Path, result: dict, parts: list[str]) -> list[str]:
+    """Replace ``parts`` in ``target``; each records the run it comes from (``remeasured``)."""
+    import json
+
+    data = json.loads(target.read_text())
+    for part in parts:
+        if part in data:
+            data.setdefault("superseded", {})[part] = data[part]
+        data[part] = result[part]
+        data.setdefault("remeasured", {})[part] = {
+            "git_commit": result["machine"].get("git_commit"),
+            "started": result["machine"].get("started"),
+            "loadavg_at_start": result["machine"].get("loadavg_at_start"),
+            "loadavg_at_end": result.get("loadavg_at_end"),
+        }
+    target.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    return parts
 
 
 if __name__ == "__main__":

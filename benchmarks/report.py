@@ -55,17 +55,21 @@ def _header(data: dict, title: str) -> list[str]:
     ]
 
 
+def _remeasured_note(what: str, info: dict) -> str:
+    """One line saying that part of a result file comes from a later run (``--merge-into``)."""
+    return (
+        f"_{what} re-measured {info.get('started')} at commit {info.get('git_commit')}, load "
+        f"{(info.get('loadavg_at_start') or [None])[:1]} -> "
+        f"{(info.get('loadavg_at_end') or [None])[:1]}; the first pass is kept in the JSON "
+        "under `superseded`._"
+    )
+
+
 def ingest(data: dict) -> list[str]:
     lines = _header(data, "Ingest: storescu -> node vs storescp")
     again = {k: v["remeasured"] for k, v in data.get("sizes", {}).items() if "remeasured" in v}
     for size, info in again.items():
-        lines += [
-            f"_{size} re-measured {info.get('started')} at commit {info.get('git_commit')}, load "
-            f"{(info.get('loadavg_at_start') or [None])[:1]} -> "
-            f"{(info.get('loadavg_at_end') or [None])[:1]}; the first pass is kept in the JSON "
-            "under `superseded`._",
-            "",
-        ]
+        lines += [_remeasured_note(size, info), ""]
     lines += [
         "| study | instances | MB | mode | n | storescp s | node s | node / storescp | target |",
         "|---|---:|---:|---|---:|---:|---:|---:|---|",
@@ -213,6 +217,8 @@ def throughput(data: dict) -> list[str]:
 def tuning(data: dict) -> list[str]:
     lines = _header(data, "What makes the receive path fast")
     lines += [data.get("sender", ""), ""]
+    for part, info in data.get("remeasured", {}).items():
+        lines += [_remeasured_note(part, info), ""]
     for part, title in (
         ("node", "The node, by `node.max_pdu_bytes`"),
         ("bare", "Bare pynetdicom SCP, one knob at a time"),

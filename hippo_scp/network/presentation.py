@@ -13,6 +13,10 @@ Compressed syntaxes follow because a PACS that stores compressed may only offer 
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterable
+from typing import Any
+
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -71,6 +75,46 @@ STORAGE_SOP_CLASSES: list[UID] = [UID(cx.abstract_syntax) for cx in AllStoragePr
 #: Transfer syntaxes the SCU proposes when it sends results, after the one a file is stored in:
 #: every Storage SCP must accept Implicit VR Little Endian (PS3.5 Section 10.1).
 SCU_FALLBACK_TRANSFER_SYNTAXES: list[UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+
+
+class CheaplyCopiedContext(PresentationContext):
+    """A presentation context whose deep copy copies only what can change.
+
+    pynetdicom's server deep-copies the acceptor's contexts for every association, so that
+    negotiation results do not leak between associations. For 171 SOP classes x 13 transfer
+    syntaxes the generic ``copy.deepcopy`` walks thousands of UID objects: ~20 ms of CPU per
+    association, half of what an association costs the node (C-ECHO monitoring, one
+    association per series from Orthanc; docs/benchmarks.md). A context holds immutable values
+    (UIDs are ``str``, ids ``int``, roles ``bool`` / ``None``) and lists of UIDs, so copying
+    the instance dictionary with fresh lists *is* a deep copy; any other attribute value (a
+    future pynetdicom may add one) still goes through ``copy.deepcopy``, so this can change
+    speed, never behaviour.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CheaplyCopiedContext:
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update((key, _copy_value(value, memo)) for key, value in self.__dict__.items())
+        return new
+
+    @classmethod
+    def of(cls, context: PresentationContext) -> CheaplyCopiedContext:
+        new = cls.__new__(cls)
+        new.__dict__.update(copy.deepcopy(context.__dict__))
+        return new
+
+
+def _copy_value(value: Any, memo: dict[int, Any]) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value  # immutable (pydicom's UID is a str)
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return list(value)
+    return copy.deepcopy(value, memo)
+
+
+def per_association_contexts(contexts: Iterable[PresentationContext]) -> list[PresentationContext]:
+    """The acceptor's contexts as :class:`CheaplyCopiedContext`, for ``start_server(contexts=)``."""
+    return [CheaplyCopiedContext.of(context) for context in contexts]
 
 
 def supported_contexts() -> list[PresentationContext]:

@@ -44,7 +44,7 @@ from hippo_scp.assembly.series_store import SeriesStore, StoreOutcome, series_la
 from hippo_scp.assembly.spool import Spool
 from hippo_scp.config import AccessSection, NodeConfig
 from hippo_scp.logging_setup import PATIENT_GUARD, audit_event
-from hippo_scp.network.presentation import supported_contexts
+from hippo_scp.network.presentation import per_association_contexts, supported_contexts
 from hippo_scp.network.socket_tuning import install_quick_ack
 from hippo_scp.network.tls import server_context
 
@@ -223,6 +223,7 @@ class StorageReceiver:
         self.server = self.ae.start_server(
             (node.bind_address, node.port),
             block=False,
+            contexts=per_association_contexts(self.ae.supported_contexts),
             evt_handlers=self.handlers(),
             ssl_context=server_context(self._config.tls),
         )
