@@ -105,7 +105,7 @@ def test_lua_routing_uses_one_store_job_per_series():
     lua = (DEPLOY / "route_dicoms.lua").read_text()
     assert "function OnStableSeries(" in lua
     assert "'/modalities/' .. TARGET .. '/store'" in lua
-    assert "Asynchronous = true" in lua
+    assert '"Asynchronous": true' in lua  # the Lua thread never waits for a transfer
     code = "\n".join(line for line in lua.splitlines() if not line.lstrip().startswith("--"))
     assert "SendToModality" not in code  # takes instance IDs only
     for lua_file in ("route_dicoms.lua", "route_dicoms_per_instance.lua"):
