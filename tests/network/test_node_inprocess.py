@@ -318,3 +318,43 @@ def test_shutdown_waits_for_an_association_in_progress(start_node, caplog) -> No
     releaser.join()
     assert "waiting up to 10 s for 1 association(s) in progress" in caplog.text
     assert released_at and stopped_at >= released_at[0]
+
+
+def test_series_split_over_two_associations_within_the_grace_gives_one_complete_result(
+    start_node,
+) -> None:
+    """The node analyses a released series during its release grace; when a second
+    association adds slices within the grace, that early analysis is dropped and only the
+    complete series (after the settle window) produces results."""
+    import numpy as np
+    from pynetdicom import build_context
+
+    from tests.dicom_factory import series_from_volume
+
+    volume = np.random.default_rng(5).integers(0, 900, size=(12, 10, 12), dtype=np.int16)
+    series = series_from_volume(volume)
+    analysed: list[int] = []
+    sink = Sink(ae_title="PACS").start()
+    try:
+        node = start_node(
+            analyze=lambda datasets: (analysed.append(len(datasets)), fake_result(datasets))[1],
+            destinations=[{"ae_title": "PACS", "host": "127.0.0.1", "port": sink.port}],
+            triggers={"settle_seconds": 1.0, "release_grace_seconds": 1.0},
+        )
+        scu = AE(ae_title="SCU")
+        scu.requested_contexts = [build_context(series[0].SOPClassUID)]
+        for part in (series[:8], series[8:]):
+            assoc = scu.associate("127.0.0.1", node.address.port, ae_title="HIPPOAI")
+            assert assoc.is_established
+            for ds in part:
+                assert assoc.send_c_store(ds).Status == 0x0000
+            assoc.release()
+            if part is not series[8:]:
+                assert wait_until(lambda: analysed == [8], 5)  # started during the grace
+        assert wait_until(lambda: len(sink.snapshot()) >= 3, 15)
+        time.sleep(1.5)  # anything more (the dropped early result) would arrive now
+    finally:
+        sink.stop()
+    assert analysed == [8, 12]
+    assert len(sink.snapshot()) == 3  # one result set: the complete series only
+    assert node.worker.stats.superseded == 1 and node.worker.stats.analysed == 1
