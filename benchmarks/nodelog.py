@@ -37,15 +37,18 @@ def series_label(series_uid: str) -> str:
     return "s-" + hashlib.sha256(series_uid.encode("ascii", "replace")).hexdigest()[:10]
 
 
+def _lines_with(log_path: Path, marker: str) -> list[str]:
+    """The log's lines that contain ``marker`` (none when the log cannot be read)."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if marker in line]
+
+
 def deliveries(log_path: Path, release_grace_s: float = 1.0) -> list[dict]:
     out = []
-    try:
-        lines = log_path.read_text(errors="replace").splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        if "results delivered" not in line:
-            continue
+    for line in _lines_with(log_path, "results delivered"):
         try:
             record = json.loads(line)
             message, stamp = record.get("message", ""), record.get("time")
@@ -83,13 +86,7 @@ def audit_events(log_path: Path, since: float = 0.0) -> list[dict]:
     """The node's audit events (``association_accepted`` / ``_released`` ...) after ``since``
     (epoch seconds), each with its ``time`` as epoch seconds."""
     out = []
-    try:
-        lines = log_path.read_text(errors="replace").splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        if '"hippo_scp.audit"' not in line:
-            continue
+    for line in _lines_with(log_path, '"hippo_scp.audit"'):
         try:
             record = json.loads(line)
             stamp = datetime.fromisoformat(record["time"]).timestamp()
