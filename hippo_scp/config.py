@@ -146,10 +146,10 @@ class TriggerSection(_Strict):
         True,
         description=(
             "Start the analysis at the release instead of after the grace; its results are "
-            "kept only if no other association delivers to the series before the grace ends "
-            "(else they are discarded and the series waits for the settle window). Saves up "
-            "to release_grace_seconds of latency; costs a discarded analysis for senders "
-            "that spread a series over associations"
+            "filed once the grace has passed and only if no other association has delivered "
+            "to the series by then (else they are dropped and the series waits for the settle "
+            "window). Saves up to release_grace_seconds of latency; costs a dropped analysis "
+            "for senders that spread a series over associations"
         ),
     )
     retain_analysed_seconds: float = Field(
