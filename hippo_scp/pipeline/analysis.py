@@ -33,6 +33,7 @@ from hippo_scp.outputs.identity import (
     WHOLE_STRUCTURE,
     OutputIdentity,
 )
+from hippo_scp.outputs.iod_lookup_cache import memoize_iod_lookups
 from hippo_scp.outputs.report_image import (
     build_report_sc,
     png_bytes,
@@ -162,6 +163,9 @@ class SeriesAnalyzer:
     """Analyse one series at a time with a segmenter loaded once."""
 
     def __init__(self, segmenter: SegmenterLike, settings: AnalysisSettings | None = None):
+        # highdicom re-derives "is this SOP class an image?" per referenced image (~5 ms each,
+        # 35 per analysis); cached once per process, outputs unchanged (see the module).
+        memoize_iod_lookups()
         self._segmenter = segmenter
         self._settings = settings or AnalysisSettings()
         self._identity = OutputIdentity(
