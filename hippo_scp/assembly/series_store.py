@@ -652,6 +652,7 @@ class SeriesStore:
         return job
 
     def _next_deadline_locked(self) -> float | None:
+        now = self._clock()
         deadlines: list[float] = []
         for entry in self._entries.values():
             if entry.overflowed or entry.has_pending() or not entry.committed:
@@ -659,10 +660,8 @@ class SeriesStore:
             if entry.version != entry.dispatched_version:
                 if entry.release_due is not None:
                     # Analysed during the grace: due now (the grace is checked at filing).
-                    due = self._clock() if self._settings.analyze_during_grace else None
-                    deadlines.append(
-                        entry.release_due if due is None else min(due, entry.release_due)
-                    )
+                    during = self._settings.analyze_during_grace
+                    deadlines.append(now if during else entry.release_due)
                 deadlines.append(entry.last_activity + self._settings.settle_seconds)
             else:
                 deadlines.append(entry.last_activity + self._settings.retain_analysed_seconds)
