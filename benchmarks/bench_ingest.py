@@ -37,6 +37,7 @@ from benchmarks.common import (
     ratio,
     reps,
     result_path,
+    run_provenance,
     summary,
     work_dir,
     write_result,
@@ -310,12 +311,7 @@ def merge_into(target: Path, result: dict) -> None:
     for size, cell in result.get("sizes", {}).items():
         if size in data.get("sizes", {}):
             data.setdefault("superseded", {})[size] = data["sizes"][size]
-        cell["remeasured"] = {
-            "git_commit": result["machine"].get("git_commit"),
-            "started": result["machine"].get("started"),
-            "loadavg_at_start": result["machine"].get("loadavg_at_start"),
-            "loadavg_at_end": result.get("loadavg_at_end"),
-        }
+        cell["remeasured"] = run_provenance(result)
         data.setdefault("sizes", {})[size] = cell
     target.write_text(json.dumps(data, indent=1, default=str) + "\n")
 

@@ -37,6 +37,7 @@ from benchmarks.common import (
     ratio,
     reps,
     result_path,
+    run_provenance,
     summary,
     work_dir,
     write_result,
@@ -339,12 +340,7 @@ def merge_into(target: Path, result: dict, parts: list[str]) -> list[str]:
         if part in data:
             data.setdefault("superseded", {})[part] = data[part]
         data[part] = result[part]
-        data.setdefault("remeasured", {})[part] = {
-            "git_commit": result["machine"].get("git_commit"),
-            "started": result["machine"].get("started"),
-            "loadavg_at_start": result["machine"].get("loadavg_at_start"),
-            "loadavg_at_end": result.get("loadavg_at_end"),
-        }
+        data.setdefault("remeasured", {})[part] = run_provenance(result)
     target.write_text(json.dumps(data, indent=1, default=str) + "\n")
     return parts
 

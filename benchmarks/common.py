@@ -120,6 +120,16 @@ def machine() -> dict:
     }
 
 
+def run_provenance(result: dict) -> dict:
+    """Which run a result comes from, for a part merged into an earlier file (``--merge-into``)."""
+    return {
+        "git_commit": result["machine"].get("git_commit"),
+        "started": result["machine"].get("started"),
+        "loadavg_at_start": result["machine"].get("loadavg_at_start"),
+        "loadavg_at_end": result.get("loadavg_at_end"),
+    }
+
+
 def write_result(path: Path, payload: dict) -> Path:
     payload.setdefault("machine", machine())
     payload["loadavg_at_end"] = loadavg()
