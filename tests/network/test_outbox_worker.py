@@ -106,6 +106,22 @@ class FakeOutbox:
         return str(len(self.sets))
 
 
+def implicit_le(ds: Dataset) -> bytes:
+    """The data set as a sender's C-STORE carries it (Implicit VR Little Endian, no meta)."""
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR, buffer.is_little_endian = True, True
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+def _fake_result(datasets) -> SimpleNamespace:
+    return SimpleNamespace(
+        seg=sc_dataset(), sr=sc_dataset(), report=sc_dataset(),
+        timings_ms={"load": 1.0, "infer": 2.0, "encode": 3.0}, model_version="m",
+        volumes=SimpleNamespace(anterior_mm3=1.0, posterior_mm3=2.0, total_mm3=3.0),
+    )  # fmt: skip
+
+
 def _store_with_series(count: int) -> tuple[SeriesStore, object]:
     clock = SimpleNamespace(now=0.0)
     store = SeriesStore(
@@ -117,10 +133,7 @@ def _store_with_series(count: int) -> tuple[SeriesStore, object]:
         ds.SeriesInstanceUID = "9.9"
         ds.SOPInstanceUID = f"9.9.{k}"
         ds.PatientName = "DOE^JANE"
-        buffer = DicomBytesIO()
-        buffer.is_implicit_VR, buffer.is_little_endian = True, True
-        write_dataset(buffer, ds)
-        data = buffer.getvalue()
+        data = implicit_le(ds)
         store.offer(1, ds, lambda d=data: d, len(data), "1.2.840.10008.1.2")
     store.association_released(1)
     return store, clock
@@ -133,11 +146,7 @@ def test_worker_files_results_and_skips_unchanged_content() -> None:
     def analyze(datasets):
         seen.append(len(datasets))
         assert all(ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2" for ds in datasets)
-        return SimpleNamespace(
-            seg=sc_dataset(), sr=sc_dataset(), report=sc_dataset(),
-            timings_ms={"load": 1.0, "infer": 2.0, "encode": 3.0}, model_version="m",
-            volumes=SimpleNamespace(anterior_mm3=1.0, posterior_mm3=2.0, total_mm3=3.0),
-        )  # fmt: skip
+        return _fake_result(datasets)
 
     outbox = FakeOutbox()
     worker = AnalysisWorker(store, analyze, outbox)
@@ -181,10 +190,7 @@ def test_stop_with_drain_analyses_released_series_still_in_grace() -> None:
         clock=lambda: clock.now,
     )  # fmt: skip
     ds = sc_dataset()
-    buffer = DicomBytesIO()
-    buffer.is_implicit_VR, buffer.is_little_endian = True, True
-    write_dataset(buffer, ds)
-    data = buffer.getvalue()
+    data = implicit_le(ds)
     store.offer(1, ds, lambda: data, len(data), "1.2.840.10008.1.2")
     ds.SOPInstanceUID = generate_uid()
     store.offer(1, ds, lambda: data, len(data), "1.2.840.10008.1.2")
@@ -204,21 +210,10 @@ def test_stop_with_drain_analyses_released_series_still_in_grace() -> None:
     assert calls == [2]
 
 
-def _fake_result(datasets) -> SimpleNamespace:
-    return SimpleNamespace(
-        seg=sc_dataset(), sr=sc_dataset(), report=sc_dataset(),
-        timings_ms={"load": 1.0, "infer": 2.0, "encode": 3.0}, model_version="m",
-        volumes=SimpleNamespace(anterior_mm3=1.0, posterior_mm3=2.0, total_mm3=3.0),
-    )  # fmt: skip
-
-
 def _encoded(series: str, sop: str) -> tuple[Dataset, bytes]:
     ds = sc_dataset()
     ds.SeriesInstanceUID, ds.SOPInstanceUID = series, sop
-    buffer = DicomBytesIO()
-    buffer.is_implicit_VR, buffer.is_little_endian = True, True
-    write_dataset(buffer, ds)
-    return ds, buffer.getvalue()
+    return ds, implicit_le(ds)
 
 
 def _grace_store(grace_s: float) -> SeriesStore:
