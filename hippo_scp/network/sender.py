@@ -25,6 +25,7 @@ from hippo_scp.config import Destination
 from hippo_scp.logging_setup import audit_event
 from hippo_scp.network.outbox import Outbox, OutboxItem, destination_folder_name
 from hippo_scp.network.presentation import requested_contexts
+from hippo_scp.network.response_guard import keep_responses_for_caller
 
 LOGGER = logging.getLogger(__name__)
 
@@ -213,6 +214,7 @@ class ResultSender(threading.Thread):
             outcome = "rejected" if assoc.is_rejected else "unreachable or aborted"
             LOGGER.warning("destination %s: association %s", dest, outcome)
             return False
+        keep_responses_for_caller(assoc)
         assoc_ms = (time.perf_counter() - t_assoc) * 1000
         ok = True
         try:

@@ -31,6 +31,7 @@ from pynetdicom import AE, _config, build_context
 from pynetdicom.sop_class import MRImageStorage, Verification
 
 import tests.network.conftest as netconf
+from hippo_scp.network.response_guard import keep_responses_for_caller
 from hippo_scp.outputs.sr import read_volumes
 
 # Fixtures of the network folder, made available here (pytest finds fixtures by name in the
@@ -160,6 +161,7 @@ def association(
         sent.reject = (int(p.result), int(p.result_source), int(p.diagnostic))
     if assoc.is_established:
         sent.context_results = [int(cx.result) for cx in assoc.rejected_contexts]
+        keep_responses_for_caller(assoc)
     try:
         yield assoc, sent
     finally:
@@ -229,6 +231,7 @@ def echo(port: int, calling: str = "HARDEN") -> bool:
     assoc = ae.associate("127.0.0.1", port, ae_title="HIPPOAI")
     if not assoc.is_established:
         return False
+    keep_responses_for_caller(assoc)
     try:
         status = assoc.send_c_echo()
         return "Status" in status and int(status.Status) == 0
