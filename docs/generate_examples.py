@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write_readme(out: Path, version: str, sha: str) -> None:
     files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "README.md")
-    images = sorted(IMAGES_DIR.glob("*.png")) if IMAGES_DIR.is_dir() else []
+    images = sorted(IMAGES_DIR.glob("ohif_*.png")) if IMAGES_DIR.is_dir() else []
     (out / "README.md").write_text(_readme(files, images, version, sha), encoding="utf-8")
 
 

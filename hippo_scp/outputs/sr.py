@@ -27,6 +27,7 @@ from hippo_scp.outputs.identity import (
     StructureCode,
     reference_header,
 )
+from hippo_scp.outputs.image_library import build_image_library
 from hippo_scp.pipeline.measurement import HippocampusVolumes
 
 
@@ -183,14 +184,14 @@ def _insert_image_library(sr: hd.sr.Comprehensive3DSR, headers: Sequence[Dataset
     """
     if not headers or any(int(ds.get("NumberOfFrames") or 1) != 1 for ds in headers):
         return
-    library = hd.sr.ImageLibrary(headers)
+    library = build_image_library(headers)
     content = sr.ContentSequence
     measurements_at = next(
         index
         for index, item in enumerate(content)
         if item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value
     )
-    content.insert(measurements_at, library[0])
+    content.insert(measurements_at, library)
 
 
 def read_volumes(sr: Dataset) -> dict[str, float]:

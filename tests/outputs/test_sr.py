@@ -115,9 +115,35 @@ def test_dsrdump_reads_the_sr_without_warnings(built):
     assert "imaging measurement report" in output
 
 
-def test_image_library_is_the_one_highdicom_would_build(built, monkeypatch):
-    """The library is inserted after the document is built (for speed); the content tree must
-    be exactly what ``MeasurementReport(referenced_images=...)`` gives, entry for entry."""
+def _is_library(item) -> bool:
+    return item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImageLibrary.value
+
+
+def _descriptors(items) -> list[dict]:
+    """Descriptor content items (not IMAGE entries) as JSON, in a canonical order."""
+    found = [i.to_json_dict() for i in items if i.ValueType != "IMAGE"]
+    return sorted(found, key=lambda d: str(d["0040A043"]))  # Concept Name Code Sequence
+
+
+def _library_entries(library) -> list[tuple[str, list[dict]]]:
+    """(referenced SOP Instance UID, all descriptors that apply to it) per library entry:
+    its group's descriptors (TID 1600 row 3) plus its own."""
+    entries = []
+    for group in library.ContentSequence:
+        shared = [i for i in group.ContentSequence if i.ValueType != "IMAGE"]
+        for entry in group.ContentSequence:
+            if entry.ValueType == "IMAGE":
+                own = list(entry.get("ContentSequence", []))
+                uid = entry.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                entries.append((uid, _descriptors(shared + own)))
+    return entries
+
+
+def test_image_library_describes_each_slice_as_highdicom_would(built, monkeypatch):
+    """The library is inserted after the document is built (for speed) and shares the
+    descriptors common to all slices at group level: the rest of the content tree must be
+    exactly what ``MeasurementReport(referenced_images=...)`` gives, and every entry must be
+    described by the same descriptors (codes, values, units) as in highdicom's library."""
     from hippo_scp.outputs import sr as sr_module
     from hippo_scp.outputs.identity import reference_header
 
@@ -148,18 +174,37 @@ def test_image_library_is_the_one_highdicom_would_build(built, monkeypatch):
     monkeypatch.setattr(sr_module, "_insert_image_library", lambda sr, headers: None)
     reference = build()
 
-    assert (
-        fast.to_json_dict()["0040A730"] == reference.to_json_dict()["0040A730"]
-    )  # ContentSequence
-    entries = [
-        item
-        for group in fast.ContentSequence
-        if group.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImageLibrary.value
-        for library_group in group.ContentSequence
-        for item in library_group.ContentSequence
-        if item.ValueType == "IMAGE"
+    def content(sr):
+        return [i for i in sr.ContentSequence if not _is_library(i)]
+
+    def library(sr):
+        (found,) = [i for i in sr.ContentSequence if _is_library(i)]
+        return found
+
+    assert [i.to_json_dict() for i in content(fast)] == [
+        i.to_json_dict() for i in content(reference)
     ]
-    assert len(entries) == len(built.sources)
+    # at the same place: after "Procedure reported", before "Imaging Measurements"
+    assert [_is_library(i) for i in fast.ContentSequence] == [
+        _is_library(i) for i in reference.ContentSequence
+    ]
+    fast_entries = _library_entries(library(fast))
+    assert fast_entries == _library_entries(library(reference))
+    assert [uid for uid, _ in fast_entries] == [ds.SOPInstanceUID for ds in built.sources]
+    (group,) = library(fast).ContentSequence
+    own = [len(e.ContentSequence) for e in group.ContentSequence if e.ValueType == "IMAGE"]
+    assert own == [3] * len(built.sources)  # only Image Position (Patient) X, Y, Z per slice
+
+
+def test_slices_of_differing_geometry_get_full_descriptors_per_entry(built):
+    """Shared descriptors only when they really are shared: otherwise highdicom's library."""
+    from hippo_scp.outputs.identity import reference_header
+    from hippo_scp.outputs.image_library import build_image_library
+
+    headers = [reference_header(ds) for ds in built.sources[:3]]
+    headers[1].PixelSpacing = [2.0, 2.0]
+    library = build_image_library(headers)
+    assert library.to_json_dict() == hd.sr.ImageLibrary(headers)[0].to_json_dict()
 
 
 def test_read_volumes_returns_what_the_sr_encodes(built):
