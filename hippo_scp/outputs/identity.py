@@ -14,6 +14,7 @@ because three different consumers depend on it staying consistent:
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -173,6 +174,25 @@ def reference_header(source: Dataset) -> Dataset:
     if charset is not None:
         header.SpecificCharacterSet = charset
     return header
+
+
+class ReferenceHeaders(tuple):
+    """Headers already made by :func:`reference_header`, one per source image.
+
+    The SEG and SR builders take them as they are instead of copying every source header
+    again, so one analysis copies each header once (32 HippoCrop headers: ~30-50 ms per copy
+    set on 2 cores). highdicom only reads them; a test checks that building the SEG from them
+    leaves them unchanged and the SR built from them identical to one built from fresh copies.
+    """
+
+    __slots__ = ()
+
+
+def reference_headers(sources: Sequence[Dataset]) -> ReferenceHeaders:
+    """:func:`reference_header` of each source, or ``sources`` itself if already made so."""
+    if isinstance(sources, ReferenceHeaders):
+        return sources
+    return ReferenceHeaders(reference_header(ds) for ds in sources)
 
 
 def normalized_character_set(value: str | list[str] | None) -> str | list[str] | None:

@@ -22,7 +22,7 @@ from hippo_scp.outputs.identity import (
     SEGMENTED_STRUCTURES,
     OutputIdentity,
     StructureCode,
-    reference_header,
+    reference_headers,
 )
 
 
@@ -82,7 +82,7 @@ def build_segmentation(
     ]
     # Header copies: highdicom reads Type 2 patient attributes unconditionally (absent in the
     # test studies) and needs no pixel data.
-    headers = [reference_header(ds) for ds in source_datasets]
+    headers = reference_headers(source_datasets)
     seg = hd.seg.Segmentation(
         source_images=headers,
         pixel_array=frames,

@@ -25,7 +25,7 @@ from hippo_scp.outputs.identity import (
     WHOLE_STRUCTURE,
     OutputIdentity,
     StructureCode,
-    reference_header,
+    reference_headers,
 )
 from hippo_scp.outputs.image_library import build_image_library
 from hippo_scp.pipeline.measurement import HippocampusVolumes
@@ -108,7 +108,7 @@ def build_volume_sr(
     ``tracking_uids`` maps label (1 anterior, 2 posterior, 0 whole) -> tracking UID; labels 1
     and 2 must be the ones written into the SEG segment descriptions.
     """
-    headers = [reference_header(ds) for ds in source_datasets]
+    headers = reference_headers(source_datasets)
     groups = [
         _group(
             ANTERIOR_STRUCTURE,

@@ -32,6 +32,7 @@ from hippo_scp.outputs.identity import (
     POSTERIOR_STRUCTURE,
     WHOLE_STRUCTURE,
     OutputIdentity,
+    reference_headers,
 )
 from hippo_scp.outputs.iod_lookup_cache import memoize_iod_lookups
 from hippo_scp.outputs.report_image import (
@@ -105,7 +106,8 @@ class AnalysisResult:
     seg: Dataset
     sr: Dataset
     report: Dataset
-    report_png: bytes
+    #: the rendered report page (rows, columns, 3) uint8, as in ``report``'s pixels
+    report_rgb: np.ndarray
     model_version: str
     weights_sha256: str
     qc_flags: list[str]
@@ -113,6 +115,12 @@ class AnalysisResult:
     confidence: float | None = None
     slice_count: int = 0
     spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    @property
+    def report_png(self) -> bytes:
+        """The report page as PNG, encoded on demand: only ``hippo-scp analyze`` writes it,
+        and encoding costs ~0.1 s that the node would spend on every study for nothing."""
+        return png_bytes(self.report_rgb)
 
     @property
     def datasets(self) -> tuple[Dataset, Dataset, Dataset]:
@@ -229,7 +237,8 @@ class SeriesAnalyzer:
         tracking_uids = {
             s.label: hd.UID() for s in (ANTERIOR_STRUCTURE, POSTERIOR_STRUCTURE, WHOLE_STRUCTURE)
         }
-        sources = list(volume.source_datasets)
+        # One header copy per source image, shared by the SEG and SR builders.
+        sources = reference_headers(volume.source_datasets)
         seg = build_segmentation(
             sources,
             _frames_in_source_order(volume, label_frames),
@@ -241,11 +250,10 @@ class SeriesAnalyzer:
         sr = build_volume_sr(sources, seg, volumes, self._identity, tracking_uids=tracking_uids)
         timings["sr"] = (time.perf_counter() - t1) * 1000
         t1 = time.perf_counter()
-        first = sources[0]
+        first = volume.source_datasets[0]
         content = report_content_from_dataset(first, volumes, flags, self._identity)
         rgb = render_report(content, volume.to_frames(volume.voxels), label_frames)
         report = build_report_sc(first, rgb, self._identity)
-        report_png = png_bytes(rgb)
         timings["report"] = (time.perf_counter() - t1) * 1000
         timings["encode"] = (time.perf_counter() - t0) * 1000
         timings["total"] = (time.perf_counter() - start) * 1000
@@ -259,7 +267,7 @@ class SeriesAnalyzer:
             seg=seg,
             sr=sr,
             report=report,
-            report_png=report_png,
+            report_rgb=rgb,
             model_version=self._identity.model_version,
             weights_sha256=self._identity.weights_sha256,
             qc_flags=flags,

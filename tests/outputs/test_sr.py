@@ -17,6 +17,13 @@ from hippo_scp.assembly.selection import is_own_output
 from hippo_scp.outputs.identity import SR_SERIES_DESCRIPTION
 from tests.outputs.conftest import IDENTITY
 
+#: Fixed tracking UIDs, so two builds of one SR can be compared item by item.
+TRACKING_UIDS = {
+    0: "1.2.826.0.1.3680043.10.1",
+    1: "1.2.826.0.1.3680043.10.2",
+    2: "1.2.826.0.1.3680043.10.3",
+}
+
 
 def _groups(built):
     sr = hd.sr.srread(built.sr_path)
@@ -153,11 +160,7 @@ def test_image_library_describes_each_slice_as_highdicom_would(built, monkeypatc
             built.seg,
             built.volumes,
             IDENTITY,
-            tracking_uids={
-                0: "1.2.826.0.1.3680043.10.1",
-                1: "1.2.826.0.1.3680043.10.2",
-                2: "1.2.826.0.1.3680043.10.3",
-            },
+            tracking_uids=TRACKING_UIDS,
             series_instance_uid="1.2.826.0.1.3680043.10.4",
             sop_instance_uid="1.2.826.0.1.3680043.10.5",
         )
@@ -217,3 +220,37 @@ def test_read_volumes_returns_what_the_sr_encodes(built):
         "Hippocampus": pytest.approx(built.volumes.total_mm3),
     }
     assert volumes["Anterior hippocampus"] != volumes["Posterior hippocampus"]
+
+
+def test_seg_and_sr_share_one_set_of_reference_headers(built):
+    """The analyzer copies each source header once for both builders: building the SEG from
+    the shared copies must leave them as they were, and the SR built from them must equal the
+    SR built from the sources."""
+    from hippo_scp.outputs.identity import reference_headers
+    from hippo_scp.outputs.seg import build_segmentation
+    from hippo_scp.outputs.sr import build_volume_sr
+
+    sources = list(built.volume.source_datasets)
+    headers = reference_headers(sources)
+    assert reference_headers(headers) is headers  # no second copy
+    before = [h.to_json_dict() for h in headers]
+    uids = TRACKING_UIDS
+    frames = built.volume.to_frames(built.labels)
+    seg = build_segmentation(headers, frames, IDENTITY, tracking_uids=uids)
+    assert [h.to_json_dict() for h in headers] == before
+
+    def sr_from(datasets):
+        return build_volume_sr(
+            datasets,
+            seg,
+            built.volumes,
+            IDENTITY,
+            tracking_uids=uids,
+            series_instance_uid="1.2.826.0.1.3680043.10.4",
+            sop_instance_uid="1.2.826.0.1.3680043.10.5",
+        )
+
+    shared, fresh = sr_from(headers), sr_from(sources)
+    for keyword in ("ContentSequence", "CurrentRequestedProcedureEvidenceSequence"):
+        assert shared[keyword].to_json() == fresh[keyword].to_json()
+    assert [h.to_json_dict() for h in headers] == before

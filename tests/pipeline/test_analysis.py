@@ -3,6 +3,7 @@ case), so the pipeline is tested without model weights."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -10,6 +11,7 @@ import time
 import highdicom as hd
 import numpy as np
 import pytest
+from PIL import Image
 
 from hippo_scp.imaging.errors import VolumeError
 from hippo_scp.pipeline.analysis import AnalysisError, SeriesAnalyzer
@@ -77,6 +79,9 @@ def test_result_holds_labels_volumes_and_three_objects(case, result):
     assert [ds.Modality for ds in result.datasets] == ["SEG", "SR", "OT"]
     assert len({ds.SeriesInstanceUID for ds in result.datasets}) == 3
     assert result.report_png.startswith(b"\x89PNG")
+    # the PNG that `hippo-scp analyze` writes shows the page the PACS receives
+    png_page = np.asarray(Image.open(io.BytesIO(result.report_png)).convert("RGB"))
+    np.testing.assert_array_equal(png_page, result.report.pixel_array)
     assert set(result.timings_ms) >= {"load", "infer", "encode", "total"}
     assert result.model_version == "stand-in-1"
     assert result.slice_count == label.shape[2]
