@@ -56,6 +56,12 @@ def train_command(
     no_deep_supervision: bool = typer.Option(
         False, "--no-deep-supervision", help="Disable deep supervision (for ablations only)."
     ),
+    boundary_loss: float = typer.Option(
+        0.0,
+        "--boundary-loss",
+        help="Weight of the anterior/posterior boundary profile loss (0: off, as shipped).",
+        metavar="<float>",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train the U-Net; writes the best checkpoint (safetensors + SHA-256 sidecar) to --out."""
@@ -79,6 +85,7 @@ def train_command(
         lr=lr,
         augment=not no_augment,
         deep_supervision=not no_deep_supervision,
+        boundary_loss_weight=boundary_loss,
         progress=progress,
     )
     result = train(cfg, log=typer.echo)

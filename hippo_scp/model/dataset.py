@@ -16,6 +16,11 @@ DEFAULT_DATA_DIR = Path("../shared/data/hippocampus")
 #: Seed of the documented split; changing it changes which cases are validation.
 SPLIT_SEED = 20240404
 
+#: Array axis along which the reference labels split anterior (1) from posterior (2): in all
+#: 208 labelled cases the split is a plane across this axis (exact in 157, at most 2.4 % of the
+#: voxels off in the rest) with the head at the higher indices.
+AP_AXIS = 1
+
 _CASE_RE = re.compile(r"^(hippocampus_\d+)\.nii(\.gz)?$")
 
 

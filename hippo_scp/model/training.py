@@ -36,7 +36,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hippo_scp.model.dataset import Case, Split, list_case_ids, load_cases, make_split
+from hippo_scp.model.dataset import (
+    AP_AXIS,
+    Case,
+    Split,
+    list_case_ids,
+    load_cases,
+    make_split,
+)
 from hippo_scp.model.inference import WEIGHTS_FILENAME, predict_labels
 from hippo_scp.model.network import UNet3D, UNetConfig, count_parameters, fuse_batchnorm
 from hippo_scp.model.preprocessing import (
@@ -70,6 +77,8 @@ class TrainConfig:
     warmup_fraction: float = 0.03
     channels: tuple[int, ...] = (12, 24, 48, 96)
     deep_supervision: bool = True
+    #: weight of :func:`boundary_profile_loss` (0: off, the shipped 1.0 recipe)
+    boundary_loss_weight: float = 0.0
     augment: bool = True
     canvas: tuple[int, int, int] = (40, 56, 40)
     val_every_epochs: int = 1
@@ -264,18 +273,49 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ce + (1 - dice.mean())
 
 
+def boundary_profile_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the anterior share of the hippocampus in each slice across
+    :data:`~hippo_scp.model.dataset.AP_AXIS`, predicted (soft) vs reference.
+
+    Why: the remaining per-part error of the voxel loss is where the head/body boundary plane
+    lies (about one slice, see the model card), and a misplaced plane costs few voxels
+    against the whole volume. This term weighs every slice that holds hippocampus equally,
+    whatever its size, so a slice on the wrong side of the boundary costs as much as any.
+    Computed from the (augmented) reference, it assumes no plane itself.
+    """
+    probs = torch.softmax(logits, dim=1)
+    ap_dim = 2 + AP_AXIS  # (N, C, X, Y, Z)
+    others = tuple(d for d in (2, 3, 4) if d != ap_dim)
+    anterior_ref = (target == 1).sum(dim=[d - 1 for d in others]).to(probs.dtype)
+    hippocampus_ref = (target > 0).sum(dim=[d - 1 for d in others]).to(probs.dtype)
+    anterior = probs[:, 1].sum(dim=[d - 1 for d in others])
+    hippocampus = anterior + probs[:, 2].sum(dim=[d - 1 for d in others])
+    present = hippocampus_ref > 0
+    if not present.any():
+        return probs.sum() * 0.0
+    share_ref = anterior_ref[present] / hippocampus_ref[present]
+    share = (anterior[present] / (hippocampus[present] + 1e-3)).clamp(1e-4, 1 - 1e-4)
+    return F.binary_cross_entropy(share, share_ref)
+
+
 def deep_supervision_loss(
-    outputs: torch.Tensor | list[torch.Tensor], target: torch.Tensor
+    outputs: torch.Tensor | list[torch.Tensor],
+    target: torch.Tensor,
+    boundary_weight: float = 0.0,
 ) -> torch.Tensor:
+    """Dice + CE on every output (weights 1 : 0.5 : 0.25 ...), plus the boundary profile
+    term on the full-resolution output when ``boundary_weight`` > 0."""
+    full = outputs if isinstance(outputs, torch.Tensor) else outputs[0]
+    extra = boundary_weight * boundary_profile_loss(full, target) if boundary_weight else 0.0
     if isinstance(outputs, torch.Tensor):
-        return dice_ce_loss(outputs, target)
+        return dice_ce_loss(outputs, target) + extra
     weights = [0.5**k for k in range(len(outputs))]
     total = 0.0
     for k, (w, out) in enumerate(zip(weights, outputs, strict=True)):
         step = 2**k
         t = target[:, ::step, ::step, ::step] if step > 1 else target
         total = total + w * dice_ce_loss(out, t)
-    return total / sum(weights)  # type: ignore[return-value]
+    return total / sum(weights) + extra  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,7 +379,12 @@ def _sidecar_metadata(
             "batch_size": cfg.batch_size,
             "optimizer": f"AdamW lr={cfg.lr} wd={cfg.weight_decay}, warm-up + cosine",
             "loss": "cross-entropy + soft Dice (classes 1, 2)"
-            + (", deep supervision 1:0.5:0.25" if cfg.deep_supervision else ""),
+            + (", deep supervision 1:0.5:0.25" if cfg.deep_supervision else "")
+            + (
+                f", boundary profile x{cfg.boundary_loss_weight}"
+                if cfg.boundary_loss_weight
+                else ""
+            ),
             "augmentation": "random placement, rotation +-15 deg, scale 0.85-1.15, "
             "contrast/brightness/gamma/noise; no flips"
             if cfg.augment
@@ -473,7 +518,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
             if cfg.augment:
                 x, y = spatial_augment(x, y, gen)
             out = model(x)
-            loss = deep_supervision_loss(out, y)
+            loss = deep_supervision_loss(out, y, cfg.boundary_loss_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
