@@ -21,6 +21,7 @@ from pynetdicom.sop_class import Verification
 
 from hippo_scp import MANUFACTURER
 from hippo_scp.config import load_config
+from hippo_scp.network.response_guard import keep_responses_for_caller
 from hippo_scp.node import SHUTDOWN_ASSOCIATION_WAIT_S, Node
 from tests.network.conftest import Sink, free_port, require_dcmtk, wait_until
 from tests.network.test_outbox_worker import sc_dataset
@@ -166,6 +167,7 @@ def test_results_are_sent_over_tls_to_a_tls_destination(start_node, tmp_path: Pa
         ae = AE(ae_title="STORESCU")
         ae.add_requested_context(series[0].SOPClassUID)
         assoc = ae.associate("127.0.0.1", node.address.port, ae_title="HIPPOAI")
+        keep_responses_for_caller(assoc)
         assert assoc.is_established
         assert all(assoc.send_c_store(ds).Status == 0 for ds in series)
         assoc.release()
@@ -256,6 +258,7 @@ def test_received_series_decodes_in_every_transfer_syntax(start_node, transfer_s
         build_context(encoded[0].SOPClassUID, [transfer_syntax]),
     ]
     assoc = scu.associate("127.0.0.1", node.address.port, ae_title="HIPPOAI")
+    keep_responses_for_caller(assoc)
     assert assoc.is_established
     assert assoc.accepted_contexts[0].transfer_syntax[0] == transfer_syntax
     for ds in encoded:
@@ -274,6 +277,7 @@ def test_uncompressed_is_preferred_when_offered(start_node) -> None:
     offered = ["1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.1"]
     scu.requested_contexts = [build_context(MRImageStorage, offered)]
     assoc = scu.associate("127.0.0.1", node.address.port, ae_title="HIPPOAI")
+    keep_responses_for_caller(assoc)
     try:
         assert assoc.accepted_contexts[0].transfer_syntax[0] == "1.2.840.10008.1.2.1"
     finally:
@@ -301,6 +305,7 @@ def test_shutdown_waits_for_an_association_in_progress(start_node, caplog) -> No
     scu = AE(ae_title="STORESCU")
     scu.add_requested_context(Verification)
     assoc = scu.associate("127.0.0.1", node.config.node.port, ae_title="HIPPOAI")
+    keep_responses_for_caller(assoc)
     assert assoc.is_established
     released_at: list[float] = []
 
@@ -345,6 +350,7 @@ def test_series_split_over_two_associations_within_the_grace_gives_one_complete_
         scu.requested_contexts = [build_context(series[0].SOPClassUID)]
         for part in (series[:8], series[8:]):
             assoc = scu.associate("127.0.0.1", node.address.port, ae_title="HIPPOAI")
+            keep_responses_for_caller(assoc)
             assert assoc.is_established
             for ds in part:
                 assert assoc.send_c_store(ds).Status == 0x0000

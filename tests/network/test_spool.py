@@ -25,6 +25,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage, Verification
 
 import tests.network.conftest as network_conftest
+from hippo_scp.network.response_guard import keep_responses_for_caller
 from tests.network.conftest import NodeProcess, Sink, free_port, wait_until, write_node_config
 from tests.network.test_node_inprocess import fake_result, start_node  # noqa: F401 - fixture
 from tests.network.test_node_network import outbox_sets, storescu
@@ -117,6 +118,7 @@ def test_kill_9_then_restart_analyses_released_series_exactly_once(
         scu = AE(ae_title="STORESCU")
         scu.add_requested_context(MRImageStorage)
         aborted = scu.associate("127.0.0.1", node.port, ae_title="HIPPOAI")
+        keep_responses_for_caller(aborted)
         for path in crop_files(data_dir, OTHER_CROP)[:5]:
             assert aborted.send_c_store(pydicom.dcmread(path)).Status == 0
         aborted.abort()
@@ -125,6 +127,7 @@ def test_kill_9_then_restart_analyses_released_series_exactly_once(
 
         assert storescu(node.port, *crop_files(data_dir)).returncode == 0  # series A
         still_open = scu.associate("127.0.0.1", node.port, ae_title="HIPPOAI")
+        keep_responses_for_caller(still_open)
         for path in crop_files(data_dir, OTHER_CROP)[:6]:  # series B again, as series C
             assert still_open.send_c_store(pydicom.dcmread(path)).Status == 0
         assert wait_until(lambda: analyses(tmp_path) == ["start 40"], 30), node.output
@@ -217,6 +220,7 @@ def test_unwritable_spool_answers_0xA700_and_the_node_keeps_serving(
     scu.add_requested_context(MRImageStorage)
     scu.add_requested_context(Verification)
     assoc = scu.associate("127.0.0.1", node.address.port, ae_title="HIPPOAI")
+    keep_responses_for_caller(assoc)
     datasets = [pydicom.dcmread(p) for p in crop_files(data_dir)[:3]]
     assert [assoc.send_c_store(ds).Status for ds in datasets] == [0xA700] * 3
     assert assoc.send_c_echo().Status == 0  # still serving
