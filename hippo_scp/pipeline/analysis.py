@@ -34,7 +34,6 @@ from hippo_scp.outputs.identity import (
     OutputIdentity,
     reference_headers,
 )
-from hippo_scp.outputs.iod_lookup_cache import memoize_iod_lookups
 from hippo_scp.outputs.report_image import (
     build_report_sc,
     png_bytes,
@@ -171,9 +170,6 @@ class SeriesAnalyzer:
     """Analyse one series at a time with a segmenter loaded once."""
 
     def __init__(self, segmenter: SegmenterLike, settings: AnalysisSettings | None = None):
-        # highdicom re-derives "is this SOP class an image?" and its modality code for every
-        # referenced image (~6 ms per image); cached once per process, outputs unchanged.
-        memoize_iod_lookups()
         self._segmenter = segmenter
         self._settings = settings or AnalysisSettings()
         self._identity = OutputIdentity(
