@@ -46,6 +46,10 @@ def _replay_race(assoc: Association) -> int | None:
     assoc._reactor_checkpoint.clear()  # what send_c_echo() does before sending
     while not assoc._is_paused:
         time.sleep(0.0001)
+    # The test must not hit the race it replays: a reactor caught between setting
+    # _is_paused and blocking runs one more loop (1 ms) and then blocks for good.
+    time.sleep(0.02)
+    assert assoc._is_paused
     try:
         request = C_ECHO()
         request.MessageID = 7
