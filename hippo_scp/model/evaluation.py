@@ -68,18 +68,20 @@ def ap_boundary_index(labels: np.ndarray) -> float:
     return float(best[0] + best[-1]) / 2.0
 
 
+def split_at_plane(labels: np.ndarray, first_anterior: float) -> np.ndarray:
+    """``labels``' hippocampus (any label > 0) relabelled 1 (anterior) from index
+    ``first_anterior`` across :data:`AP_AXIS` on and 2 (posterior) below it; background stays 0."""
+    shape = [-1 if a == AP_AXIS else 1 for a in range(labels.ndim)]
+    index = np.arange(labels.shape[AP_AXIS]).reshape(shape)
+    parts = np.where(index >= first_anterior, 1, 2)
+    return np.where(labels > 0, parts, 0).astype(labels.dtype)
+
+
 def split_at_reference_boundary(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """``pred``'s hippocampus split into anterior/posterior at the reference's boundary plane:
     the per-class Dice of this shows what is left when only the boundary is corrected."""
     k = ap_boundary_index(truth)
-    out = np.zeros_like(pred)
-    if np.isnan(k):
-        return out
-    index = np.arange(pred.shape[AP_AXIS]).reshape([-1 if a == AP_AXIS else 1 for a in range(3)])
-    inside = pred > 0
-    out[inside & (index >= k)] = 1
-    out[inside & (index < k)] = 2
-    return out
+    return np.zeros_like(pred) if np.isnan(k) else split_at_plane(pred, k)
 
 
 @dataclass

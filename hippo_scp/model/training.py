@@ -284,12 +284,12 @@ def boundary_profile_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.T
     Computed from the (augmented) reference, it assumes no plane itself.
     """
     probs = torch.softmax(logits, dim=1)
-    ap_dim = 2 + AP_AXIS  # (N, C, X, Y, Z)
-    others = tuple(d for d in (2, 3, 4) if d != ap_dim)
-    anterior_ref = (target == 1).sum(dim=[d - 1 for d in others]).to(probs.dtype)
-    hippocampus_ref = (target > 0).sum(dim=[d - 1 for d in others]).to(probs.dtype)
-    anterior = probs[:, 1].sum(dim=[d - 1 for d in others])
-    hippocampus = anterior + probs[:, 2].sum(dim=[d - 1 for d in others])
+    # Sum over the spatial axes other than AP_AXIS of (N, X, Y, Z) tensors.
+    across = [1 + a for a in range(3) if a != AP_AXIS]
+    anterior_ref = (target == 1).sum(dim=across).to(probs.dtype)
+    hippocampus_ref = (target > 0).sum(dim=across).to(probs.dtype)
+    anterior = probs[:, 1].sum(dim=across)
+    hippocampus = anterior + probs[:, 2].sum(dim=across)
     present = hippocampus_ref > 0
     if not present.any():
         return probs.sum() * 0.0

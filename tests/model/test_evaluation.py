@@ -12,6 +12,7 @@ from hippo_scp.model.evaluation import (
     AP_AXIS,
     ap_boundary_index,
     case_metrics,
+    split_at_plane,
     split_at_reference_boundary,
 )
 
@@ -25,12 +26,6 @@ def _reference_with_a_plane_boundary(data_dir: Path) -> tuple[np.ndarray, tuple]
         if anterior.min() > posterior.max():
             return case.label, case.spacing
     raise AssertionError("no plane-split case among the first 20: the convention changed?")
-
-
-def _resplit(labels: np.ndarray, first_anterior: int) -> np.ndarray:
-    index = np.indices(labels.shape)[AP_AXIS]
-    out = np.where(index >= first_anterior, 1, 2).astype(np.uint8)
-    return np.where(labels > 0, out, 0).astype(np.uint8)
 
 
 def test_boundary_of_a_reference_is_where_its_head_starts(data_dir: Path) -> None:
@@ -47,7 +42,7 @@ def test_shifted_boundary_is_measured_in_mm_and_blamed_on_the_boundary(data_dir:
     k = ap_boundary_index(truth)
     index = np.indices(truth.shape)[AP_AXIS]
     first_anterior = int(index[truth == 1].min())
-    pred = _resplit(truth, first_anterior + 2)  # head starts 2 slices later: posterior longer
+    pred = split_at_plane(truth, first_anterior + 2)  # head starts 2 slices later: posterior longer
     metrics = case_metrics("shifted", pred, truth, spacing)
     assert metrics.ap_boundary_offset_mm == (ap_boundary_index(pred) - k) * spacing[AP_AXIS]
     assert metrics.ap_boundary_offset_mm > 0

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from hippo_scp.model.dataset import AP_AXIS, list_case_ids, load_case
+from hippo_scp.model.evaluation import split_at_plane
 from hippo_scp.model.training import boundary_profile_loss, deep_supervision_loss
 
 
@@ -19,10 +20,9 @@ def _logits(labels: np.ndarray) -> torch.Tensor:
 
 
 def _moved_boundary(labels: np.ndarray, slices: int) -> np.ndarray:
-    index = np.indices(labels.shape)[AP_AXIS]
-    first_anterior = int(index[labels == 1].min())
-    relabelled = np.where(index >= first_anterior + slices, 1, 2)
-    return np.where(labels > 0, relabelled, 0).astype(np.uint8)
+    """``labels`` with the head starting ``slices`` later across the A/P axis."""
+    first_anterior = int(np.indices(labels.shape)[AP_AXIS][labels == 1].min())
+    return split_at_plane(labels, first_anterior + slices)
 
 
 def test_boundary_profile_loss_grows_with_a_misplaced_boundary(data_dir: Path) -> None:
