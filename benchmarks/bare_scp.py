@@ -4,7 +4,7 @@ It is the node's receive path without the node (no selection, no analysis): what
 itself costs, and what each knob buys. Used by ``bench_node_tuning.py`` as a subprocess:
 
     python -m benchmarks.bare_scp --port 11113 [--pdu 0] [--nodelay] [--fast-recv]
-        [--reactor-sleep 0.0001] [--keep raw|decode]
+        [--reactor-sleep 0.0001] [--keep raw|decode] [--event-reactor]
 
 Knobs (all off = pynetdicom 3.0 as shipped):
 
@@ -25,6 +25,9 @@ Knobs (all off = pynetdicom 3.0 as shipped):
   2026-11-28), whose ``__deepcopy__`` copies only the lists (UIDs are immutable strings),
   passed to ``start_server(contexts=...)``: pynetdicom deep-copies the server's contexts for
   every association (``RequestHandler._create_association``).
+- ``--event-reactor``: the node's event-driven reactor loops
+  (:mod:`hippo_scp.network.event_reactor`, adopted 2026-11-28): the DUL and association
+  threads wait for socket data / queued work instead of polling every 1 ms.
 - ``--contexts``: ``all`` = every storage SOP class x 13 transfer syntaxes; ``lean`` = every
   storage SOP class x the 3 uncompressed ones. pynetdicom deep-copies the supported contexts
   for every association.
@@ -117,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contexts", choices=["all", "lean"], default="all")
     parser.add_argument("--fast-contexts", action="store_true")
     parser.add_argument("--quickack", action="store_true")
+    parser.add_argument("--event-reactor", action="store_true")
     args = parser.parse_args(argv)
 
     import logging
@@ -133,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         apply_nodelay()
     if args.quickack:
         apply_quickack()
+    if args.event_reactor:
+        from hippo_scp.network.event_reactor import install_event_driven_reactors
+
+        install_event_driven_reactors()
     if args.reactor_sleep is not None:
         apply_reactor_sleep(args.reactor_sleep)
     if args.no_validation:

@@ -3,12 +3,15 @@
 Three parts (``--parts micro,bare,node``):
 
 - ``node``: the node itself (``hippo-scp serve``) with ``node.max_pdu_bytes`` 16384 / 131072
-  (shipped) / 0 (unlimited), receiving Study1 from storescu with ``TCP_NODELAY=1``, alternating
-  with dcmtk storescp (``TCP_NODELAY=1``) as the baseline of the same run.
+  (shipped) / 0 (unlimited), and at 131072 with pynetdicom's polling reactor loops
+  (``HIPPO_EVENT_REACTOR=0``) instead of the node's event-driven ones, receiving Study1 from
+  storescu with ``TCP_NODELAY=1``, alternating with dcmtk storescp (``TCP_NODELAY=1``) as the
+  baseline of the same run.
 - ``bare``: a bare pynetdicom SCP (:mod:`benchmarks.bare_scp`, no node code) with one knob at a
   time on top of "pynetdicom as shipped": PDU size, TCP_NODELAY on the accepted socket, pydicom
-  validation off, fewer transfer syntaxes, ``recv_into``, a shorter association-reactor sleep.
-  Same alternation, same baseline. Wall time and receiver CPU time per study.
+  validation off, fewer transfer syntaxes, ``recv_into``, a shorter association-reactor sleep,
+  event-driven reactor loops. Same alternation, same baseline. Wall time and receiver CPU time
+  per study.
 - ``micro``: in-process CPU cost of the per-association and per-instance steps pynetdicom
   takes in the node's configuration (deep copy of the node's presentation contexts, encoding
   one C-STORE-RSP with and without pydicom validation, parsing one instance header), so the
@@ -54,6 +57,19 @@ BARE_VARIANTS: dict[str, list[str]] = {
     "pdu 131072 + recv_into": ["--pdu", "131072", "--fast-recv"],
     "pdu 131072 + reactor 0.1 ms": ["--pdu", "131072", "--reactor-sleep", "0.0001"],
     "pdu 131072 + cheap context copy": ["--pdu", "131072", "--fast-contexts"],
+    "pdu 131072 + nodelay + cheap context copy": [
+        "--pdu",
+        "131072",
+        "--nodelay",
+        "--fast-contexts",
+    ],
+    "pdu 131072 + nodelay + cheap context copy + event-driven reactors": [
+        "--pdu",
+        "131072",
+        "--nodelay",
+        "--fast-contexts",
+        "--event-reactor",
+    ],
     "pdu 131072 + nodelay + no validation + recv_into + cheap context copy": [
         "--pdu",
         "131072",
@@ -63,7 +79,10 @@ BARE_VARIANTS: dict[str, list[str]] = {
         "--fast-contexts",
     ],
 }
-QUICK_BARE = ["shipped (pdu 16382)", "pdu 131072 + cheap context copy"]
+QUICK_BARE = [
+    "shipped (pdu 16382)",
+    "pdu 131072 + nodelay + cheap context copy + event-driven reactors",
+]
 NODE_PDUS = {"node pdu 16384": 16384, "node pdu 131072 (shipped)": 131072, "node pdu 0": 0}
 
 
@@ -267,6 +286,13 @@ def node(work: Path, n: int, quick: bool) -> dict:
                 nodelay=True,
                 config_overrides={"node": {"max_pdu_bytes": pdu}},
             )
+        # the shipped node with pynetdicom's 1 ms polling loops instead of event-driven ones
+        procs["node pdu 131072, polling reactors"] = P.start_node(
+            work / "node-polling",
+            sink.destination,
+            nodelay=True,
+            extra_env={"HIPPO_EVENT_REACTOR": "0"},
+        )
         result = _alternate(procs, folder, n, manifest)
     finally:
         P.stop_all(procs.values())

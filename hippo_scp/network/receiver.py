@@ -44,6 +44,7 @@ from hippo_scp.assembly.series_store import SeriesStore, StoreOutcome, series_la
 from hippo_scp.assembly.spool import Spool
 from hippo_scp.config import AccessSection, NodeConfig
 from hippo_scp.logging_setup import PATIENT_GUARD, audit_event
+from hippo_scp.network.event_reactor import install_event_driven_reactors
 from hippo_scp.network.presentation import per_association_contexts, supported_contexts
 from hippo_scp.network.socket_tuning import install_quick_ack
 from hippo_scp.network.tls import server_context
@@ -190,6 +191,7 @@ class StorageReceiver:
     def _build_ae(self) -> AE:
         node = self._config.node
         install_quick_ack()  # senders with Nagle on (dcmtk defaults) are not throttled by us
+        install_event_driven_reactors()  # no 1 ms polling between a message and its answer
         ae = AE(ae_title=node.ae_title)
         ae.supported_contexts = supported_contexts()
         ae.maximum_pdu_size = node.max_pdu_bytes

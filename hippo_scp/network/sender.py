@@ -23,6 +23,7 @@ from pynetdicom import AE
 
 from hippo_scp.config import Destination
 from hippo_scp.logging_setup import audit_event
+from hippo_scp.network.event_reactor import install_event_driven_reactors
 from hippo_scp.network.outbox import Outbox, OutboxItem, destination_folder_name
 from hippo_scp.network.presentation import requested_contexts
 from hippo_scp.network.response_guard import keep_responses_for_caller
@@ -184,6 +185,7 @@ class ResultSender(threading.Thread):
         if not files:
             return True
         settings = self._settings
+        install_event_driven_reactors()  # once per process; the DUL answers without polling
         ae = AE(ae_title=settings.calling_ae_title)
         ae.requested_contexts = requested_contexts(syntaxes)
         ae.acse_timeout = settings.acse_timeout_s

@@ -16,6 +16,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_ECHO
 from pynetdicom.sop_class import Verification
 
+from hippo_scp.network.event_reactor import MAX_WAIT_S
 from hippo_scp.network.response_guard import keep_responses_for_caller
 
 ECHO_SUCCESS = 0x0000
@@ -47,8 +48,9 @@ def _replay_race(assoc: Association) -> int | None:
     while not assoc._is_paused:
         time.sleep(0.0001)
     # The test must not hit the race it replays: a reactor caught between setting
-    # _is_paused and blocking runs one more loop (1 ms) and then blocks for good.
-    time.sleep(0.02)
+    # _is_paused and blocking runs one more loop (a 1 ms sleep, or with the node's
+    # event-driven loops at most MAX_WAIT_S) and then blocks for good.
+    time.sleep(MAX_WAIT_S + 0.02)
     assert assoc._is_paused
     try:
         request = C_ECHO()
