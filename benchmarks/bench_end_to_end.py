@@ -66,7 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stable-age", type=int, default=2, help="Orthanc StableAge (s)")
     parser.add_argument("--settle", type=float, default=3, help="node --settle (s)")
     parser.add_argument("--timeout", type=float, default=300, help="per run (s)")
+    parser.add_argument(
+        "--route-series",
+        default="",
+        help="comma list for route_dicoms.lua's HippoScp.RouteSeriesDescriptions, e.g. "
+        "HippoCrop (default: route every image series, as installed)",
+    )
     args = parser.parse_args(argv)
+    route_series = [s.strip() for s in args.route_series.split(",") if s.strip()]
     n = reps(args, 7)
     work = work_dir(args, "e2e")
     node_port = P.free_port()
@@ -80,10 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         "study": "Study1 (5 series, 120 instances), fresh UIDs per run",
         "path": "storescu -> Orthanc (TCP_NODELAY=1, route_dicoms.lua per series) -> node "
         "-> Orthanc",
+        "route_series": route_series or "every image series",
         "runs": [],
     }
     orthanc = P.start_orthanc(
-        work / "orthanc", node_port=node_port, routing=True, stable_age=args.stable_age
+        work / "orthanc",
+        node_port=node_port,
+        routing=True,
+        stable_age=args.stable_age,
+        route_series=route_series,
     )
     node = None
     try:
@@ -197,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{fmt_s(result['node_release_to_sent_s']['median'])} s; stages "
         + ", ".join(f"{k} {fmt_s(v['median'])}" for k, v in result["node_stages_s"].items())
     )
-    path = write_result(result_path(args, "end_to_end"), result)
+    name = "end_to_end_routed" if route_series else "end_to_end"
+    path = write_result(result_path(args, name), result)
     print(f"saved {path}")
     return 0
 

@@ -558,11 +558,13 @@ def start_orthanc(
     stable_age: int = 2,
     nodelay: bool = True,
     timeout: float = 60,
+    route_series: list[str] | None = None,
 ) -> Orthanc:
     """Orthanc with the project's template: ``hippoai`` -> the node, ``scanner`` = STORESCU.
 
-    ``routing``: load ``deploy_scripts/route_dicoms.lua`` (OnStableSeries -> node). Started with
-    ``TCP_NODELAY=1`` unless ``nodelay`` is False.
+    ``routing``: load ``deploy_scripts/route_dicoms.lua`` (OnStableSeries -> node);
+    ``route_series``: its ``HippoScp.RouteSeriesDescriptions`` (None: every image series).
+    Started with ``TCP_NODELAY=1`` unless ``nodelay`` is False.
     """
     http_port, dicom_port = free_port(), free_port()
     storage = work / "orthanc-storage"
@@ -581,6 +583,7 @@ def start_orthanc(
         "HIPPO_PORT": str(node_port),
         "SCANNER_AET": SCANNER_AET,
         "ORTHANC_STABLE_AGE": str(stable_age),
+        "HIPPO_ROUTE_SERIES_JSON": json.dumps(route_series or []),
     }
     template = DEPLOY / "orthanc.json.template"
     config = json.loads(string.Template(template.read_text()).substitute(values))

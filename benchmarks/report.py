@@ -131,10 +131,16 @@ def ingest(data: dict) -> list[str]:
 
 
 def end_to_end(data: dict) -> list[str]:
-    lines = _header(data, "End to end through Orthanc")
+    routed = data.get("route_series") or "every image series"
+    routed_text = routed if isinstance(routed, str) else ", ".join(routed)
+    title = "End to end through Orthanc"
+    if not isinstance(routed, str):
+        title += f", Orthanc routing only {routed_text}"
+    lines = _header(data, title)
     cold = data.get("cold_first_study") or {}
     lines += [
-        f"Path: {data.get('path')}; Orthanc StableAge {data.get('stable_age_s')} s, node "
+        f"Path: {data.get('path')}; routed to the node: {routed_text}; "
+        f"Orthanc StableAge {data.get('stable_age_s')} s, node "
         f"settle {data.get('node_settle_s')} s; weights: {data.get('node_weights')}.",
         "",
         "| measure | median s | min | max | n |",
@@ -346,6 +352,7 @@ def render(results: Path) -> str:
     for name, fn in (
         ("ingest", ingest),
         ("end_to_end", end_to_end),
+        ("end_to_end_routed", end_to_end),
         ("inference", inference),
         ("inference_backends", inference_backends),
         ("memory", memory),

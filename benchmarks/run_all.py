@@ -34,6 +34,14 @@ PY = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else sy
 STEPS: dict[str, tuple[str, list[str], list[str], int, int]] = {
     "ingest": ("bench_ingest.py", [], [], 3600, 600),
     "end_to_end": ("bench_end_to_end.py", [], [], 1200, 300),
+    # the same with Orthanc routing only the series the node analyses (HIPPO_ROUTE_SERIES)
+    "end_to_end_routed": (
+        "bench_end_to_end.py",
+        ["--route-series", "HippoCrop"],
+        ["--route-series", "HippoCrop"],
+        1200,
+        300,
+    ),
     "inference": ("bench_inference.py", [], [], 1200, 300),
     "memory": ("bench_memory.py", [], [], 900, 400),
     "throughput": ("bench_throughput.py", [], [], 2400, 600),

@@ -13,6 +13,9 @@
 #   ORTHANC_ROUTING      series (route_dicoms.lua), instance (route_dicoms_per_instance.lua)
 #                        or none (no routing script) (series)
 #   ORTHANC_STORAGE_DIR  Orthanc's storage + index folder ($HIPPO_RUN_DIR/orthanc-storage)
+#   HIPPO_ROUTE_SERIES   route_dicoms.lua sends only series with one of these comma-separated
+#                        SeriesDescriptions (any case), e.g. HippoCrop; empty = every image
+#                        series, the node then selects by its own rules (empty)
 #   HIPPO_AET            the node's AE title (HIPPOAI)
 #   HIPPO_HOST           address Orthanc uses to reach the node (127.0.0.1)
 #   HIPPO_PORT           the node's DICOM port (11112)
@@ -36,6 +39,7 @@ export DEPLOY_DIR REPO_ROOT
 : "${ORTHANC_STABLE_AGE:=2}"
 : "${ORTHANC_ROUTING:=series}"
 : "${ORTHANC_STORAGE_DIR:=$HIPPO_RUN_DIR/orthanc-storage}"
+: "${HIPPO_ROUTE_SERIES:=}"
 : "${ORTHANC_BIN:=/usr/sbin/Orthanc}"
 : "${ORTHANC_PLUGIN_DIR:=/usr/share/orthanc/plugins}"
 : "${HIPPO_AET:=HIPPOAI}"
@@ -54,7 +58,7 @@ mkdir -p "$HIPPO_RUN_DIR"
 HIPPO_RUN_DIR="$(cd "$HIPPO_RUN_DIR" && pwd)"
 export HIPPO_RUN_DIR ORTHANC_AET ORTHANC_HOST ORTHANC_DICOM_PORT ORTHANC_HTTP_PORT \
   ORTHANC_STABLE_AGE ORTHANC_ROUTING ORTHANC_STORAGE_DIR ORTHANC_BIN ORTHANC_PLUGIN_DIR \
-  HIPPO_AET HIPPO_HOST HIPPO_PORT HIPPO_SETTLE HIPPO_CONFIG SCANNER_AET OHIF_PORT OHIF_BIND \
+  HIPPO_ROUTE_SERIES HIPPO_AET HIPPO_HOST HIPPO_PORT HIPPO_SETTLE HIPPO_CONFIG SCANNER_AET OHIF_PORT OHIF_BIND \
   OHIF_DIST READY_TIMEOUT VENV
 
 ORTHANC_URL="http://127.0.0.1:${ORTHANC_HTTP_PORT}"
@@ -185,7 +189,10 @@ render_orthanc_config() {
   fi
   # Listen on every interface only when asked (docker-compose does); loopback otherwise.
   : "${ORTHANC_REMOTE_ACCESS:=false}"
-  export ORTHANC_LUA_SCRIPTS ORTHANC_REMOTE_ACCESS
+  # HIPPO_ROUTE_SERIES "A, B" -> ["A", "B"] for HippoScp.RouteSeriesDescriptions
+  HIPPO_ROUTE_SERIES_JSON="$(python3 -c 'import json, sys
+print(json.dumps([s.strip() for s in sys.argv[1].split(",") if s.strip()]))' "$HIPPO_ROUTE_SERIES")"
+  export ORTHANC_LUA_SCRIPTS ORTHANC_REMOTE_ACCESS HIPPO_ROUTE_SERIES_JSON
   mkdir -p "$ORTHANC_STORAGE_DIR"
   python3 "$DEPLOY_DIR/render_orthanc_config.py" "$DEPLOY_DIR/orthanc.json.template" "$1"
 }

@@ -38,6 +38,48 @@ local OWN_MANUFACTURER = 'hippo-scp'  -- Manufacturer (0008,0070) of every resul
 -- selections and presentation states (the node analyses images only).
 local NON_IMAGE_MODALITIES = { SR = true, SEG = true, KO = true, PR = true, RTSTRUCT = true }
 
+-- Which series to send, by SeriesDescription: orthanc.json "HippoScp": {"RouteSeriesDescriptions":
+-- [...]} (start_orthanc.sh fills it from $HIPPO_ROUTE_SERIES). Compared case-insensitively
+-- and exactly, after trimming spaces. Empty or absent: every image series goes to the node,
+-- which picks what to analyse by its own selection rules (ae_config.yaml); a list saves the
+-- network and the node the series it would discard (Study1: 146 KiB instead of 45 MiB), and
+-- the series it wants no longer queue behind the others. Keep the list within the node's rules.
+local function Normalised(description)
+  return string.lower((description or ''):match('^%s*(.-)%s*$'))
+end
+
+local function RoutedDescriptions()
+  local ok, configuration = pcall(GetOrthancConfiguration)
+  if not ok or type(configuration) ~= 'table' or type(configuration['HippoScp']) ~= 'table' then
+    return nil
+  end
+  local listed = configuration['HippoScp']['RouteSeriesDescriptions']
+  if type(listed) ~= 'table' then
+    return nil
+  end
+  local wanted, count = {}, 0
+  for _, description in pairs(listed) do
+    wanted[Normalised(description)] = true
+    count = count + 1
+  end
+  if count == 0 then
+    return nil
+  end
+  return wanted
+end
+
+local ROUTED_DESCRIPTIONS = RoutedDescriptions()
+if ROUTED_DESCRIPTIONS == nil then
+  print('route_dicoms: routing every image series to ' .. TARGET)
+else
+  local names = {}
+  for name, _ in pairs(ROUTED_DESCRIPTIONS) do
+    table.insert(names, name)
+  end
+  table.sort(names)
+  print('route_dicoms: routing only series described as (any case) ' .. table.concat(names, ', ') .. ' to ' .. TARGET)
+end
+
 local targetAet = nil
 
 local function TargetAet()
@@ -58,6 +100,10 @@ local function ReasonNotToRoute(series, tags)
   local modality = tags['Modality'] or ''
   if NON_IMAGE_MODALITIES[modality] then
     return 'Modality ' .. modality .. ' is not an image'
+  end
+
+  if ROUTED_DESCRIPTIONS ~= nil and not ROUTED_DESCRIPTIONS[Normalised(tags['SeriesDescription'])] then
+    return 'SeriesDescription not in HippoScp.RouteSeriesDescriptions'
   end
 
   local nodeAet = TargetAet()

@@ -208,10 +208,13 @@ def stop_sink(sink: Sink) -> None:
 
 @pytest.fixture
 def sink_stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Stack, Sink]]:
-    """Orthanc (routing from the test's ``routing`` param, default series) + a sink node."""
+    """Orthanc + a sink node. The test's param: the routing (default series), or a pair
+    (routing, HIPPO_ROUTE_SERIES)."""
     require_orthanc()
-    routing = getattr(request, "param", "series")
+    param = getattr(request, "param", "series")
+    routing, route_series = param if isinstance(param, tuple) else (param, "")
     stack = Stack.create(tmp_path / "run", routing=routing)
+    stack.env["HIPPO_ROUTE_SERIES"] = route_series
     sink = start_sink(stack)
     try:
         stack.start("--no-node", "--no-ohif")

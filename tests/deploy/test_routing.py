@@ -31,6 +31,10 @@ def routed_series(sink: Sink) -> set[str]:
     return {row[0] for a in sink.associations() for row in a["instances"]}
 
 
+def log_text(stack: Stack) -> str:
+    return "".join(p.read_text(errors="replace") for p in stack.run_dir.glob("orthanc*.log"))
+
+
 def fake_result(source: Path, out: Path, *, modality: str, manufacturer: str) -> Path:
     """A folder with a one-instance series in the source's study, like (or unlike) a result."""
     ds = pydicom.dcmread(source)
@@ -75,6 +79,30 @@ def test_each_stable_series_goes_in_one_association(sink_stack: tuple[Stack, Sin
         assert association["calling_aet"] == "ORTHANC"
         assert len({row[0] for row in association["instances"]}) == 1  # one series each
     assert len(routed_series(sink)) == STUDY1_SERIES
+
+
+@pytest.mark.parametrize("sink_stack", [("series", " hippocrop ,Localizer")], indirect=True)
+def test_route_series_sends_only_the_listed_descriptions(
+    sink_stack: tuple[Stack, Sink], data_dir: Path
+):
+    """HIPPO_ROUTE_SERIES (any case, spaces trimmed): only HippoCrop leaves Orthanc; the other
+    four series stay in the PACS and the log says why."""
+    stack, sink = sink_stack
+    stack.send(study(data_dir, 1))
+    hippocrop = data_dir / "TestVolumes" / "Study1" / "13_HCropVolume"
+    wanted = {
+        pydicom.dcmread(next(p for p in hippocrop.iterdir() if p.is_file())).SeriesInstanceUID
+    }
+    wait_for(lambda: routed_series(sink) == wanted, 60, "HippoCrop routed to the sink")
+    wait_for(
+        lambda: log_text(stack).count("not in HippoScp.RouteSeriesDescriptions") >= 4,
+        30,
+        "the other four series logged as not routed",
+    )
+    time.sleep(2)  # a wrongly routed series would arrive by now
+    assert routed_series(sink) == wanted
+    assert stack.statistics()["CountInstances"] == STUDY1_INSTANCES  # all kept in the PACS
+    assert "routing only series described as (any case) hippocrop, localizer" in log_text(stack)
 
 
 def test_smaller_series_get_the_higher_job_priority(sink_stack: tuple[Stack, Sink], data_dir: Path):
