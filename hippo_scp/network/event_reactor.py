@@ -18,8 +18,12 @@ What this does, once per process (``install_event_driven_reactors``):
 * the DUL's ``to_user_queue`` (received A-ASSOCIATE/RELEASE/ABORT primitives) and the DIMSE
   ``msg_queue`` (decoded messages) set a per-association event on ``put``, and where the
   association loop would sleep 1 ms it waits on that event;
-* both waits are capped (``MAX_WAIT_S``) so everything the loops check on a clock (ARTIM and
-  idle timers, a dead DUL thread, a kill flag set without a wake-up) is still seen soon.
+* clearing the association's ``_reactor_checkpoint`` (how every ``send_*`` call pauses the
+  loop before it sends a request) wakes the loop, so it reaches its pause point at once;
+* ``kill_dul``/``stop_dul`` and ``Association.kill`` wake the loops they stop, and a DUL that
+  ends wakes its association, so ending an association never waits out a timeout;
+* both waits are capped (``MAX_WAIT_S``) so what the loops check on a clock (ARTIM and idle
+  timers) is still seen in time.
 
 The loops' logic is untouched: only the two sleeps are replaced, recognised by the code object
 of the loop that calls them, so any other ``time.sleep`` in pynetdicom sleeps as before. If the
@@ -49,8 +53,10 @@ from pynetdicom import dul as _dul_module
 
 LOGGER = logging.getLogger(__name__)
 
-#: Longest a reactor waits for a wake-up before it runs its loop anyway (timers, kill flags).
-MAX_WAIT_S = 0.02
+#: Longest a reactor waits for a wake-up before it runs its loop anyway: only pynetdicom's
+#: clock-driven checks (ARTIM and idle timers) rely on it, every flag it sets is followed by a
+#: wake-up. 50 ms: an idle association costs ~40 wake-ups a second instead of ~2,000.
+MAX_WAIT_S = 0.05
 
 _lock = threading.Lock()
 _installed = False
@@ -70,6 +76,23 @@ class WakingQueue(queue.Queue):
 
     def _put(self, item: Any) -> None:  # called by put() with the queue's lock held
         super()._put(item)
+        self._wake()
+
+
+class WakingCheckpoint(threading.Event):
+    """The association's ``_reactor_checkpoint``, calling ``wake()`` when it is cleared.
+
+    Every ``send_*`` method pauses the reactor by clearing the checkpoint and then waits until
+    the loop reaches its pause point; a loop that sits in its wait would make each request
+    wait for the wake-up cap (measured: +40 ms for an association sending three instances).
+    """
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def clear(self) -> None:
+        super().clear()
         self._wake()
 
 
@@ -189,8 +212,10 @@ def install_event_driven_reactors() -> bool:
 
         dul_init = dul_cls.__init__
         dul_kill = dul_cls.kill_dul
+        dul_stop = dul_cls.stop_dul
         dimse_init = dimse_cls.__init__
         assoc_kill = assoc_cls.kill
+        assoc_init = assoc_cls.__init__
 
         def init_dul(self: Any, assoc: Any) -> None:
             dul_init(self, assoc)
@@ -219,11 +244,30 @@ def install_event_driven_reactors() -> bool:
             if line is not None:
                 line.ring()
 
+        def stop_dul(self: Any) -> bool:
+            # pynetdicom sets the kill flag in Sta1 and then waits for the thread to end: set it
+            # first and wake the loop, so the wait is not a whole MAX_WAIT_S (every release).
+            line = getattr(self, "_hippo_wake_line", None)
+            if line is not None and self.state_machine.current_state == "Sta1":
+                self._kill_thread = True
+                line.ring()
+            return dul_stop(self)
+
         def init_dimse(self: Any, assoc: Any) -> None:
             dimse_init(self, assoc)
             activity = getattr(getattr(assoc, "dul", None), "_hippo_activity", None)
             if activity is not None:
                 self.msg_queue = WakingQueue(activity.set)
+
+        def init_association(self: Any, *args: Any, **kwargs: Any) -> None:
+            assoc_init(self, *args, **kwargs)
+            activity = getattr(getattr(self, "dul", None), "_hippo_activity", None)
+            original = getattr(self, "_reactor_checkpoint", None)
+            if activity is not None and isinstance(original, threading.Event):
+                checkpoint = WakingCheckpoint(activity.set)
+                if original.is_set():
+                    checkpoint.set()
+                self._reactor_checkpoint = checkpoint
 
         def kill(self: Any) -> None:
             activity = getattr(getattr(self, "dul", None), "_hippo_activity", None)
@@ -233,8 +277,10 @@ def install_event_driven_reactors() -> bool:
 
         dul_cls.__init__ = init_dul
         dul_cls.kill_dul = kill_dul
+        dul_cls.stop_dul = stop_dul
         dimse_cls.__init__ = init_dimse
         assoc_cls.kill = kill
+        assoc_cls.__init__ = init_association
         _dul_module.time = _SleepRouter({dul_loop.__code__: _dul_wait})
         _association_module.time = _SleepRouter({assoc_loop.__code__: _association_wait})
         _installed = True

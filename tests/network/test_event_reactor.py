@@ -23,6 +23,7 @@ from pynetdicom.sop_class import MRImageStorage, Verification
 from hippo_scp.network import event_reactor
 from hippo_scp.network.event_reactor import (
     WakeLine,
+    WakingCheckpoint,
     WakingQueue,
     install_event_driven_reactors,
 )
@@ -97,6 +98,7 @@ def test_store_release_and_cleanup_with_real_instances(
     assert assoc.is_established
     assert isinstance(assoc.dul.to_provider_queue, WakingQueue)
     assert isinstance(assoc.dimse.msg_queue, WakingQueue)
+    assert isinstance(assoc._reactor_checkpoint, WakingCheckpoint)
     assert assoc.send_c_echo().Status == 0x0000
     statuses = [assoc.send_c_store(pydicom.dcmread(path)).Status for path in files]
     assoc.release()
@@ -162,6 +164,17 @@ def test_waking_queue_wakes_after_the_item_is_in() -> None:
     box.put("b")
     assert seen == [1, 2]  # the item is visible to the woken thread
     assert box.get() == "a"
+
+
+def test_pausing_the_reactor_wakes_it() -> None:
+    """send_* pauses the loop by clearing the checkpoint, then waits for the loop to reach its
+    pause point: the clear must wake a loop that sits in its wait."""
+    woken = threading.Event()
+    checkpoint = WakingCheckpoint(woken.set)
+    checkpoint.set()
+    assert not woken.is_set()
+    checkpoint.clear()
+    assert woken.is_set() and not checkpoint.is_set()
 
 
 def test_wake_line_rings_drains_and_ignores_rings_after_close() -> None:
