@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.filereader import read_file_meta_info
-from pynetdicom import AE
+from pynetdicom import AE, evt
 
 from hippo_scp.config import Destination
 from hippo_scp.logging_setup import audit_event
@@ -27,6 +27,7 @@ from hippo_scp.network.event_reactor import install_event_driven_reactors
 from hippo_scp.network.outbox import Outbox, OutboxItem, destination_folder_name
 from hippo_scp.network.presentation import requested_contexts
 from hippo_scp.network.response_guard import keep_responses_for_caller
+from hippo_scp.network.socket_tuning import disable_nagle
 
 LOGGER = logging.getLogger(__name__)
 
@@ -208,6 +209,7 @@ class ResultSender(threading.Thread):
                 ae_title=dest.ae_title,
                 max_pdu=settings.max_pdu_bytes,
                 tls_args=tls_args,
+                evt_handlers=[(evt.EVT_CONN_OPEN, disable_nagle)],
             )
         except Exception as error:
             LOGGER.warning("destination %s: cannot associate: %s", dest, error)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import time
 from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -18,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from hippo_scp.assembly.series_store import SeriesStore, StoreSettings
 from hippo_scp.config import Destination
 from hippo_scp.imaging.errors import TooFewSlicesError
+from hippo_scp.network import sender as sender_module
 from hippo_scp.network.outbox import EncodedObjects, Outbox, destination_folder_name
 from hippo_scp.network.sender import ResultSender, SenderSettings
 from hippo_scp.pipeline.worker import AnalysisWorker, decode_instance
@@ -60,6 +63,33 @@ def test_outbox_records_how_long_writing_the_objects_took(tmp_path: Path) -> Non
     timings = item.summary()["timings_ms"]
     assert timings["encode"] == 3.0 and timings["write"] >= 0.0
     assert summary == {"series": "s-1", "timings_ms": {"encode": 3.0}}  # caller's dict intact
+
+
+def test_sender_connects_with_nagle_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Results are small objects: with Nagle on, each C-STORE's data set would wait ~40 ms for
+    the peer's delayed ACK of the command (measured 48 vs 5 ms per C-STORE)."""
+    seen: list[int] = []
+    original = sender_module.disable_nagle
+
+    def recording(event) -> None:
+        original(event)
+        sock = event.assoc.dul.socket.socket
+        seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    monkeypatch.setattr(sender_module, "disable_nagle", recording)
+    sink = Sink(ae_title="PACS", port=free_port()).start()
+    destination = Destination(ae_title="PACS", host="127.0.0.1", port=sink.port)
+    folder = destination_folder_name("PACS", "127.0.0.1", sink.port)
+    outbox = Outbox(tmp_path, [folder])
+    outbox.prepare()
+    outbox.put("s-1", [sc_dataset()], {"series": "s-1", "volumes": {}, "timings_ms": {}})
+    sender = ResultSender(outbox, [destination], SenderSettings(calling_ae_title="HIPPOAI"))
+    try:
+        assert sender.flush_once() is True
+        assert len(sink.wait_for(1, timeout=10)) == 1
+    finally:
+        sink.stop()
+    assert seen and all(value != 0 for value in seen)
 
 
 def test_sender_retries_until_the_destination_is_up(tmp_path: Path, caplog) -> None:
