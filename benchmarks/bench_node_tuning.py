@@ -1,6 +1,6 @@
 """What makes the node's receive path fast: PDU size, TCP_NODELAY, pynetdicom knobs.
 
-Three parts (``--parts micro,bare,node``):
+Parts (``--parts micro,assoc,bare,bare_installed,node,send,idle``):
 
 - ``node``: the node itself (``hippo-scp serve``) with ``node.max_pdu_bytes`` 16384 / 131072
   (shipped) / 0 (unlimited), and at 131072 with pynetdicom's polling reactor loops
@@ -12,6 +12,11 @@ Three parts (``--parts micro,bare,node``):
   validation off, fewer transfer syntaxes, ``recv_into``, a shorter association-reactor sleep,
   event-driven reactor loops. Same alternation, same baseline. Wall time and receiver CPU time
   per study.
+- ``send``: the node's way of sending results (one association, three small C-STOREs, release;
+  :mod:`benchmarks.send_probe`) with pynetdicom as shipped, with the event-driven loops, and
+  with those plus ``TCP_NODELAY`` (pynetdicom connects with Nagle on).
+- ``idle``: the node's CPU while four associations sit open and idle, event-driven loops vs
+  pynetdicom's polling ones.
 - ``micro``: in-process CPU cost of the per-association and per-instance steps pynetdicom
   takes in the node's configuration (deep copy of the node's presentation contexts, encoding
   one C-STORE-RSP with and without pydicom validation, parsing one instance header), so the
@@ -300,10 +305,91 @@ def node(work: Path, n: int, quick: bool) -> dict:
     return result
 
 
+#: name -> send_probe.py options: how the node's result associations compare with pynetdicom's.
+SEND_VARIANTS: dict[str, list[str]] = {
+    "pynetdicom as shipped (polling loops, Nagle on)": [],
+    "event-driven loops, Nagle on": ["--event-reactor"],
+    "event-driven loops + TCP_NODELAY (the node's sender)": ["--event-reactor", "--nodelay"],
+}
+
+
+def send(work: Path, quick: bool) -> dict:
+    """Associate, 3 small C-STOREs, release: the node's result sending, variant by variant.
+
+    The receiver is a bare SCP with the node's receive-path settings; each variant runs in its
+    own process (the loops are patched per process), alternating over 3 rounds.
+    """
+    import json
+    import subprocess
+
+    reps_per_probe = 5 if quick else 20
+    rounds = 1 if quick else 3
+    scp = P.start_bare_scp(
+        work / "send-scp",
+        args=["--pdu", "131072", "--nodelay", "--fast-contexts", "--event-reactor"],
+    )
+    rows: dict[str, list[dict]] = {k: [] for k in SEND_VARIANTS}
+    try:
+        for round_no in range(rounds):
+            names = list(SEND_VARIANTS) if round_no % 2 == 0 else list(reversed(SEND_VARIANTS))
+            for name in names:
+                argv = [P.python(), "-m", "benchmarks.send_probe", "--port", str(scp.port)]
+                argv += ["--reps", str(reps_per_probe), *SEND_VARIANTS[name]]
+                out = subprocess.run(
+                    argv, capture_output=True, text=True, cwd=P.REPO, timeout=300, check=False
+                )
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                rows[name].append(row)
+                print(f"send {name:55} round {round_no}: {row}", flush=True)
+    finally:
+        P.stop_all([scp])
+    result = {"associations_per_probe": reps_per_probe, "rounds": rounds, "variants": {}}
+    for name, probes in rows.items():
+        result["variants"][name] = {
+            key: statistics.median(p[key] for p in probes)
+            for key in ("associate_ms", "c_store_ms", "release_ms")
+        }
+    return result
+
+
+def idle(work: Path, quick: bool) -> dict:
+    """Node CPU while 4 associations sit open and idle: event-driven loops vs polling."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    seconds = 3.0 if quick else 10.0
+    sink = P.ResultSink()
+    result: dict = {"associations": 4, "seconds": seconds, "node_cpu_percent": {}}
+    try:
+        for name, env in (
+            ("event-driven loops (shipped)", {}),
+            ("pynetdicom's polling loops", {"HIPPO_EVENT_REACTOR": "0"}),
+        ):
+            node = P.start_node(work / f"idle-{len(result['node_cpu_percent'])}",
+                                sink.destination, nodelay=True, extra_env=env)  # fmt: skip
+            try:
+                ae = AE(ae_title="IDLE")
+                ae.add_requested_context(Verification)
+                assocs = [ae.associate(P.HOST, node.port, ae_title=node.aet) for _ in range(4)]
+                time.sleep(1)
+                cpu0 = P.cpu_seconds(node.pid)
+                time.sleep(seconds)
+                busy = P.cpu_seconds(node.pid) - cpu0
+                for assoc in assocs:
+                    assoc.release()
+                result["node_cpu_percent"][name] = round(100 * busy / seconds, 1)
+                print(f"idle {name}: {result['node_cpu_percent'][name]} % of a core", flush=True)
+            finally:
+                P.stop_all([node])
+    finally:
+        sink.close()
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser, default_reps=7)
-    parser.add_argument("--parts", default="micro,assoc,bare,bare_installed,node")
+    parser.add_argument("--parts", default="micro,assoc,bare,bare_installed,node,send,idle")
     parser.add_argument(
         "--merge-into",
         type=Path,
@@ -331,6 +417,14 @@ def main(argv: list[str] | None = None) -> int:
         result["bare"] = bare(work, n, args.quick)
     if "bare_installed" in parts:
         result["bare_installed"] = bare_installed(work, min(n, 5))
+    if "send" in parts:
+        result["send"] = send(work, args.quick)
+    if "idle" in parts:
+        ok, why = P.node_available()
+        if ok:
+            result["idle"] = idle(work, args.quick)
+        else:
+            result["idle_error"] = why
     if "node" in parts:
         ok, why = P.node_available()
         if ok:
@@ -354,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-PARTS = ("micro", "assoc", "bare", "bare_installed", "node")
+PARTS = ("micro", "assoc", "bare", "bare_installed", "node", "send", "idle")
 
 
 def merge_into(target: Path, result: dict, parts: list[str]) -> list[str]:

@@ -247,6 +247,33 @@ def tuning(data: dict) -> list[str]:
         lines.append("")
         if part == "bare_installed":
             lines += ["(no storescp in this group: see the ingest table for it)", ""]
+    send = data.get("send")
+    if send:
+        lines += [
+            f"Sending results: associate, 3 C-STOREs of 3.5 KB, release (median of "
+            f"{send['rounds']} rounds x {send['associations_per_probe']} associations):",
+            "",
+            "| sender | associate ms | per C-STORE ms | release ms |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, d in send["variants"].items():
+            lines.append(
+                f"| {name} | {d['associate_ms']:.1f} | {d['c_store_ms']:.1f} "
+                f"| {d['release_ms']:.1f} |"
+            )
+        lines.append("")
+    idle = data.get("idle")
+    if idle:
+        lines += [
+            f"Node CPU with {idle['associations']} associations open and idle "
+            f"({idle['seconds']:.0f} s):",
+            "",
+            "| loops | % of a core |",
+            "|---|---:|",
+        ]
+        for name, value in idle["node_cpu_percent"].items():
+            lines.append(f"| {name} | {value:.1f} |")
+        lines.append("")
     assoc = data.get("assoc")
     if assoc:
         lines += [

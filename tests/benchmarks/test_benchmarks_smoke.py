@@ -1,4 +1,4 @@
-"""CI smoke test of the benchmarks: the ingest benchmark in quick mode still runs.
+"""CI smoke tests of the benchmarks: quick ingest and the send probe still run.
 
 One repetition of a tiny study (Study1's HippoCrop series, 32 instances) into dcmtk storescp
 and into the node, as installed and with TCP_NODELAY=1, no Orthanc; it checks the JSON has the
@@ -83,3 +83,31 @@ def test_ingest_quick_smoke(tmp_path: Path, data_dir: Path) -> None:
             assert cell["ratios_vs_storescp"]["node"] > 0
     if not node_exists:
         pytest.skip("hippo_scp/node.py does not exist yet: storescp part only")
+
+
+def test_send_probe_smoke(data_dir: Path) -> None:
+    """benchmarks/send_probe.py (part ``send`` of bench_node_tuning.py) still runs and reports
+    the three timings the report reads."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    if not (data_dir / "TestVolumes" / "Study1").is_dir():
+        pytest.skip("TestVolumes/Study1 not available")
+    ae = AE(ae_title="BARESCP")
+    ae.supported_contexts = AllStoragePresentationContexts
+    server = ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)]
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.send_probe", "--port",
+             str(server.server_address[1]), "--reps", "2", "--event-reactor", "--nodelay"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(row) == {"associate_ms", "c_store_ms", "release_ms"}
+    assert all(value > 0 for value in row.values())
