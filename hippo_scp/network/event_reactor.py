@@ -30,6 +30,10 @@ of the loop that calls them, so any other ``time.sleep`` in pynetdicom sleeps as
 installed pynetdicom lacks a member this relies on, nothing is changed (``False``) and the
 tests of this module fail, so an upgrade gets looked at (docs/operations.md). Set
 ``HIPPO_EVENT_REACTOR=0`` to run pynetdicom's polling loops (for comparisons).
+
+Measured (``benchmarks/bench_node_tuning.py``, 2 cores, 2026-11-28): the node receiving Study1
+from a tuned storescu 0.57-0.59 -> 0.48-0.51 s; releasing an association the node requested
+12.5 -> 1.4 ms; four idle associations 31-33 % -> 2.4 % of a core.
 """
 
 from __future__ import annotations
