@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "study": "Study1 (5 series, 120 instances), fresh UIDs per run",
         "path": "storescu -> Orthanc (TCP_NODELAY=1, route_dicoms.lua per series) -> node "
         "-> Orthanc",
-        "route_series": route_series or "every image series",
+        "route_series": route_series,  # empty: every image series
         "runs": [],
     }
     orthanc = P.start_orthanc(

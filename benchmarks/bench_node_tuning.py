@@ -361,12 +361,15 @@ def idle(work: Path, quick: bool) -> dict:
     sink = P.ResultSink()
     result: dict = {"associations": 4, "seconds": seconds, "node_cpu_percent": {}}
     try:
-        for name, env in (
-            ("event-driven loops (shipped)", {}),
-            ("pynetdicom's polling loops", {"HIPPO_EVENT_REACTOR": "0"}),
+        for index, (name, env) in enumerate(
+            (
+                ("event-driven loops (shipped)", {}),
+                ("pynetdicom's polling loops", {"HIPPO_EVENT_REACTOR": "0"}),
+            )
         ):
-            node = P.start_node(work / f"idle-{len(result['node_cpu_percent'])}",
-                                sink.destination, nodelay=True, extra_env=env)  # fmt: skip
+            node = P.start_node(
+                work / f"idle-{index}", sink.destination, nodelay=True, extra_env=env
+            )
             try:
                 ae = AE(ae_title="IDLE")
                 ae.add_requested_context(Verification)

@@ -131,10 +131,10 @@ def ingest(data: dict) -> list[str]:
 
 
 def end_to_end(data: dict) -> list[str]:
-    routed = data.get("route_series") or "every image series"
-    routed_text = routed if isinstance(routed, str) else ", ".join(routed)
+    routed = data.get("route_series") or []
+    routed_text = ", ".join(routed) if routed else "every image series"
     title = "End to end through Orthanc"
-    if not isinstance(routed, str):
+    if routed:
         title += f", Orthanc routing only {routed_text}"
     lines = _header(data, title)
     cold = data.get("cold_first_study") or {}

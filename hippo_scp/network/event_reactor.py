@@ -52,7 +52,6 @@ from types import CodeType
 from typing import Any
 
 from pynetdicom import association as _association_module
-from pynetdicom import dimse as _dimse_module
 from pynetdicom import dul as _dul_module
 
 LOGGER = logging.getLogger(__name__)
@@ -147,16 +146,20 @@ def _dul_wait(dul: Any, seconds: float) -> None:
         line.drain()
 
 
+def _activity_of(assoc: Any) -> threading.Event | None:
+    """The event that wakes ``assoc``'s loop (None: created before the install)."""
+    return getattr(getattr(assoc, "dul", None), "_hippo_activity", None)
+
+
 def _association_wait(assoc: Any, seconds: float) -> None:
     """Instead of the association loop's 1 ms sleep: until a message or primitive arrives."""
-    dul = getattr(assoc, "dul", None)
-    activity: threading.Event | None = getattr(dul, "_hippo_activity", None)
+    activity = _activity_of(assoc)
     if activity is None:
         time.sleep(seconds)
         return
     # The loop serves one message per turn: with more already queued, go straight on. Items
     # are queued before the event is set, so a put after this check also ends the wait.
-    if not assoc.dimse.msg_queue.empty() or not dul.to_user_queue.empty():
+    if not assoc.dimse.msg_queue.empty() or not assoc.dul.to_user_queue.empty():
         return
     activity.wait(MAX_WAIT_S)
     activity.clear()
@@ -196,14 +199,18 @@ def install_event_driven_reactors() -> bool:
         if _installed:
             return True
         dul_cls = getattr(_dul_module, "DULServiceProvider", None)
-        dimse_cls = getattr(_dimse_module, "DIMSEServiceProvider", None)
         assoc_cls = getattr(_association_module, "Association", None)
         dul_loop = getattr(dul_cls, "run_reactor", None)
         assoc_loop = getattr(assoc_cls, "_run_reactor", None)
+        dul_kill = getattr(dul_cls, "kill_dul", None)
+        dul_stop = getattr(dul_cls, "stop_dul", None)
+        assoc_kill = getattr(assoc_cls, "kill", None)
         if (
             dul_loop is None
             or assoc_loop is None
-            or dimse_cls is None
+            or dul_kill is None
+            or dul_stop is None
+            or assoc_kill is None
             or getattr(_dul_module, "time", None) is not time
             or getattr(_association_module, "time", None) is not time
         ):
@@ -214,23 +221,30 @@ def install_event_driven_reactors() -> bool:
             )
             return False
 
-        dul_init = dul_cls.__init__
-        dul_kill = dul_cls.kill_dul
-        dul_stop = dul_cls.stop_dul
-        dimse_init = dimse_cls.__init__
-        assoc_kill = assoc_cls.kill
         assoc_init = assoc_cls.__init__
 
-        def init_dul(self: Any, assoc: Any) -> None:
-            dul_init(self, assoc)
+        def init_association(self: Any, *args: Any, **kwargs: Any) -> None:
+            # pynetdicom creates the association's DUL and DIMSE providers here; give them
+            # queues that wake the loops, before any thread runs.
+            assoc_init(self, *args, **kwargs)
+            dul = getattr(self, "dul", None)
+            dimse = getattr(self, "dimse", None)
+            original = getattr(self, "_reactor_checkpoint", None)
+            if dul is None or dimse is None or not isinstance(original, threading.Event):
+                return  # not the pynetdicom this was written for: its polling loops, as shipped
             line = WakeLine()
             activity = threading.Event()
-            self._hippo_wake_line = line
-            self._hippo_activity = activity
-            self.to_provider_queue = WakingQueue(line.ring)
-            self.to_user_queue = WakingQueue(activity.set)
+            dul._hippo_wake_line = line
+            dul._hippo_activity = activity
+            dul.to_provider_queue = WakingQueue(line.ring)
+            dul.to_user_queue = WakingQueue(activity.set)
+            dimse.msg_queue = WakingQueue(activity.set)
+            checkpoint = WakingCheckpoint(activity.set)
+            if original.is_set():
+                checkpoint.set()
+            self._reactor_checkpoint = checkpoint
 
-            run = self._target if hasattr(self, "_target") else None
+            run = getattr(dul, "_target", None)
             if run is not None:
 
                 def run_then_close(*args: Any, **kwargs: Any) -> None:
@@ -240,7 +254,7 @@ def install_event_driven_reactors() -> bool:
                         line.close()
                         activity.set()  # the association loop then sees a dead DUL at once
 
-                self._target = run_then_close
+                dul._target = run_then_close
 
         def kill_dul(self: Any) -> None:
             dul_kill(self)
@@ -257,32 +271,14 @@ def install_event_driven_reactors() -> bool:
                 line.ring()
             return dul_stop(self)
 
-        def init_dimse(self: Any, assoc: Any) -> None:
-            dimse_init(self, assoc)
-            activity = getattr(getattr(assoc, "dul", None), "_hippo_activity", None)
-            if activity is not None:
-                self.msg_queue = WakingQueue(activity.set)
-
-        def init_association(self: Any, *args: Any, **kwargs: Any) -> None:
-            assoc_init(self, *args, **kwargs)
-            activity = getattr(getattr(self, "dul", None), "_hippo_activity", None)
-            original = getattr(self, "_reactor_checkpoint", None)
-            if activity is not None and isinstance(original, threading.Event):
-                checkpoint = WakingCheckpoint(activity.set)
-                if original.is_set():
-                    checkpoint.set()
-                self._reactor_checkpoint = checkpoint
-
         def kill(self: Any) -> None:
-            activity = getattr(getattr(self, "dul", None), "_hippo_activity", None)
+            activity = _activity_of(self)
             if activity is not None:
                 activity.set()
             assoc_kill(self)
 
-        dul_cls.__init__ = init_dul
         dul_cls.kill_dul = kill_dul
         dul_cls.stop_dul = stop_dul
-        dimse_cls.__init__ = init_dimse
         assoc_cls.kill = kill
         assoc_cls.__init__ = init_association
         _dul_module.time = _SleepRouter({dul_loop.__code__: _dul_wait})

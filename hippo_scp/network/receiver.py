@@ -46,7 +46,7 @@ from hippo_scp.config import AccessSection, NodeConfig
 from hippo_scp.logging_setup import PATIENT_GUARD, audit_event
 from hippo_scp.network.event_reactor import install_event_driven_reactors
 from hippo_scp.network.presentation import per_association_contexts, supported_contexts
-from hippo_scp.network.socket_tuning import install_quick_ack
+from hippo_scp.network.socket_tuning import disable_nagle, install_quick_ack
 from hippo_scp.network.tls import server_context
 
 LOGGER = logging.getLogger(__name__)
@@ -267,10 +267,9 @@ class StorageReceiver:
     def _on_conn_open(self, event: evt.Event) -> None:
         """Disable Nagle (DIMSE responses are small and latency-bound); bound blocking reads."""
         _association_id(event.assoc)
+        disable_nagle(event)
         sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
         if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # pynetdicom reads a PDU with blocking recv() calls once select() says data is
             # there; a peer that announces a longer PDU than it sends would hold the thread
             # and an association slot forever. A socket timeout turns that into a closed

@@ -70,6 +70,7 @@ class ResultSender(threading.Thread):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(name="hippo-sender", daemon=True)
+        install_event_driven_reactors()  # once per process; the DUL answers without polling
         self._outbox = outbox
         self._settings = settings
         self._clock = clock
@@ -186,7 +187,6 @@ class ResultSender(threading.Thread):
         if not files:
             return True
         settings = self._settings
-        install_event_driven_reactors()  # once per process; the DUL answers without polling
         ae = AE(ae_title=settings.calling_ae_title)
         ae.requested_contexts = requested_contexts(syntaxes)
         ae.acse_timeout = settings.acse_timeout_s

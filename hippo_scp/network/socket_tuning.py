@@ -10,8 +10,8 @@ with a bare pynetdicom SCP and an as-installed storescu (Study1, 120 instances):
 ``TCP_QUICKACK`` is Linux-only and not sticky (the kernel leaves quick-ACK mode on its own),
 hence the re-arm on every read. Set ``HIPPO_TCP_QUICKACK=0`` to disable (for comparisons).
 
-The other direction: the associations the node opens to send its results get ``TCP_NODELAY``
-(:func:`disable_nagle`), as the accepted ones do (``network/receiver.py``).
+Both directions: every association's socket gets ``TCP_NODELAY`` (:func:`disable_nagle`), the
+accepted ones (``network/receiver.py``) and the ones the node opens to send its results.
 """
 
 from __future__ import annotations
@@ -57,9 +57,11 @@ def install_quick_ack() -> bool:
 
 
 def disable_nagle(event: evt.Event) -> None:
-    """``EVT_CONN_OPEN`` handler for the associations the node requests: ``TCP_NODELAY``.
+    """``EVT_CONN_OPEN`` handler: ``TCP_NODELAY`` on the association's socket.
 
-    Why: pynetdicom leaves Nagle's algorithm on for the sockets it connects. A C-STORE is a
+    Used for accepted associations (DIMSE responses are small and latency-bound) and for the
+    ones the node requests. Why the latter: pynetdicom leaves Nagle's algorithm on for the
+    sockets it connects. A C-STORE is a
     command PDU followed by the data set; when the data set is small (an SR, a report image),
     its segment waits for the ACK of the command's, which the peer delays by ~40 ms. Measured
     with a pynetdicom SCU sending three 3.5 KB instances to a pynetdicom SCP on loopback:
