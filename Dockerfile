@@ -40,4 +40,6 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["python", "-m", "pynetdicom", "echoscu", "-aet", "HEALTHCHECK", "-aec", "HIPPOAI", "127.0.0.1", "11112"]
 
 ENTRYPOINT ["hippo-scp", "serve", "--config", "/etc/hippo-scp/ae_config.yaml"]
-CMD ["--ae-title", "HIPPOAI", "--port", "11112", "--destination", "ORTHANC@orthanc:4242", "--settle", "3"]
+# --whole-series-sender: the compose stack's Orthanc routes each stable series whole
+# (route_dicoms.lua); drop it for a PACS that may split a series over associations.
+CMD ["--ae-title", "HIPPOAI", "--port", "11112", "--destination", "ORTHANC@orthanc:4242", "--settle", "3", "--whole-series-sender", "ORTHANC"]

@@ -72,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         help="comma list for route_dicoms.lua's HippoScp.RouteSeriesDescriptions, e.g. "
         "HippoCrop (default: route every image series, as installed)",
     )
+    parser.add_argument(
+        "--with-grace",
+        action="store_true",
+        help="do not pass --whole-series-sender ORTHANC to the node (what start_listener.sh "
+        "does for per-series routing): Orthanc's series then wait out the release grace",
+    )
     args = parser.parse_args(argv)
     route_series = [s.strip() for s in args.route_series.split(",") if s.strip()]
     n = reps(args, 7)
@@ -88,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         "path": "storescu -> Orthanc (TCP_NODELAY=1, route_dicoms.lua per series) -> node "
         "-> Orthanc",
         "route_series": route_series,  # empty: every image series
+        # Orthanc's AE title as a whole-series sender (no release grace), as deployed
+        "whole_series_senders": [] if args.with_grace else ["ORTHANC"],
         "runs": [],
     }
     orthanc = P.start_orthanc(
@@ -105,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             settle=args.settle,
             nodelay=True,
             port=node_port,
+            whole_series_senders=tuple(result["whole_series_senders"]),
         )
         result["node_weights"] = node.extra.get("weights")
         result["node_launcher"] = node.extra.get("launcher")
@@ -210,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {fmt_s(v['median'])}" for k, v in result["node_stages_s"].items())
     )
     name = "end_to_end_routed" if route_series else "end_to_end"
+    if args.with_grace:
+        name += "_with_grace"
     path = write_result(result_path(args, name), result)
     print(f"saved {path}")
     return 0

@@ -287,8 +287,12 @@ def start_node(
     log_format: str = "json",
     timeout: float = 120,
     extra_env: dict | None = None,
+    whole_series_senders: tuple[str, ...] = (),
 ) -> Proc:
     """``hippo-scp serve --config ... --ae-title --port --destination --settle`` as a user would.
+
+    ``whole_series_senders``: ``--whole-series-sender`` flags, as deploy_scripts/start_listener.sh
+    passes Orthanc's AE title when Orthanc routes whole stable series.
 
     ``nodelay`` puts ``TCP_NODELAY=1`` in the node's environment (as for dcmtk); whether the
     node honours it is the node's business. Ready = it answers C-ECHO (no bare TCP probe: a
@@ -314,6 +318,8 @@ def start_node(
         log_format,
         *(["--weights", str(weights)] if weights else []),
     ]
+    for sender in whole_series_senders:
+        serve_args += ["--whole-series-sender", sender]
     argv = [*node_command(), *serve_args]
     env = env_with(nodelay)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")

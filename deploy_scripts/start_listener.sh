@@ -2,7 +2,7 @@
 # Start the hippo-scp node (the DICOM Storage SCP) as a background process and wait until it
 # answers C-ECHO. Equivalent to:
 #   hippo-scp serve --config ae_config.yaml --ae-title HIPPOAI --port 11112 \
-#       --destination ORTHANC@127.0.0.1:4242 --settle 3
+#       --destination ORTHANC@127.0.0.1:4242 --settle 3 [--whole-series-sender ORTHANC]
 # with AE titles / ports from the environment (see common.sh), its log in $HIPPO_RUN_DIR.
 set -euo pipefail
 # shellcheck source=deploy_scripts/common.sh
@@ -30,6 +30,12 @@ fi
 # HIPPO_WEIGHTS: other model weights than the configured ones (e.g. a candidate model).
 if [[ -n "${HIPPO_WEIGHTS:-}" ]]; then
   config_args+=(--weights "$HIPPO_WEIGHTS")
+fi
+# Orthanc routing stable series (route_dicoms.lua) sends each series whole, in one association:
+# the node may then file the results at the release, without waiting out its release grace.
+# Per-instance routing may split a series over associations: it keeps the grace.
+if [[ "$ORTHANC_ROUTING" == series ]]; then
+  config_args+=(--whole-series-sender "$ORTHANC_AET")
 fi
 # The outbox follows the run folder so that stacks in different run folders stay apart.
 start_service hippo-scp "$HIPPO_SCP" serve "${config_args[@]}" \

@@ -152,6 +152,17 @@ class TriggerSection(_Strict):
             "for senders that spread a series over associations"
         ),
     )
+    whole_series_senders: list[AETitle] = Field(
+        default_factory=list,
+        description=(
+            "Calling AE titles that always send a series whole, in one association (a PACS "
+            "auto-router that forwards each *stable* series as one job, such as the Orthanc "
+            "of deploy_scripts/route_dicoms.lua). Their releases skip release_grace_seconds: "
+            "results are filed as soon as they are made. Never list a sender that may split "
+            "a series (per-instance routing, a modality sending image by image): a part of a "
+            "series would be reported on its own before the rest arrives"
+        ),
+    )
     retain_analysed_seconds: float = Field(
         300.0,
         ge=0,

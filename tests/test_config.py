@@ -78,6 +78,11 @@ def test_overrides_win_over_the_file(tmp_path: Path) -> None:
         ({"logging": {"format": "xml"}}, "logging.format", "'text' or 'json'"),
         ({"tls": {"enabled": True}}, "tls", "needs tls.certificate"),
         (
+            {"triggers": {"whole_series_senders": ["ORTHANC", "HIP\\PO"]}},
+            "triggers.whole_series_senders.1",
+            "backslash",
+        ),
+        (
             {"access": {"allowed_calling_ae_titles": ["OK", "B" * 20]}},
             "access.allowed_calling_ae_titles.1",
             "longer than 16",

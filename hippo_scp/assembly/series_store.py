@@ -20,7 +20,11 @@ Trigger rules (why they are what they are):
   as a *provisional* job: the analysis runs while the grace runs, and the worker files the
   results only after :meth:`SeriesStore.confirm_release` says the grace ended with the series
   unchanged; otherwise they are discarded and the series waits for the settle window. The
-  grace then costs no latency unless the analysis is quicker than it. An association that
+  grace then costs no latency unless the analysis is quicker than it. Calling AE titles listed
+  in ``triggers.whole_series_senders`` (a PACS auto-router that sends each *stable* series as
+  one job, e.g. the Orthanc of ``deploy_scripts/route_dicoms.lua``) are known not to spread a
+  series: their releases skip the grace, and the results are filed as soon as they are made
+  (trigger ``whole-series release``). An association that
   carried a single single-frame instance never counts as "the whole series" (one association
   per instance, however slow the sender).
 * A series spread over several associations is due once no open association holds pending
@@ -104,7 +108,9 @@ class SeriesJob:
     label: str
     instances: list[ReceivedInstance]
     version: int
-    trigger: str  # "release", "settle" or "restart" (recovered from the spool)
+    #: "release", "whole-series release" (a whole_series_senders release: no grace),
+    #: "settle" or "restart" (recovered from the spool)
+    trigger: str
     receive_ms: float  # first instance of this content -> last instance
     queued_at: float
     generation: int = 0  # which store entry (an evicted and re-created series is a new one)
@@ -145,6 +151,8 @@ class _SeriesEntry:
     #: a provisional job is out (dispatched during the release grace): the dispatched_version
     #: to restore if another association delivers before the grace ends
     provisional_previous: int | None = None
+    #: released by a calling AE title of ``whole_series_senders``: due at once, no grace
+    whole_series_release: bool = False
 
     def has_pending(self) -> bool:
         return any(self.pending.values())
@@ -163,6 +171,8 @@ class StoreSettings:
     max_series_bytes: int = 512 * 1024**2
     max_total_bytes: int = 2 * 1024**3
     max_remembered_series: int = 10_000
+    #: calling AE titles whose release is known to end a whole series (no release grace)
+    whole_series_senders: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, config: object) -> StoreSettings:
@@ -178,6 +188,7 @@ class StoreSettings:
             retain_analysed_seconds=triggers.retain_analysed_seconds,
             max_series_bytes=limits.max_series_bytes,
             max_total_bytes=limits.max_total_bytes,
+            whole_series_senders=frozenset(triggers.whole_series_senders),
         )
 
 
@@ -291,15 +302,23 @@ class SeriesStore:
             return StoreOutcome.STORED
 
     def association_released(
-        self, association_id: int, spool_commits: dict[SeriesKey, str] | None = None
+        self,
+        association_id: int,
+        spool_commits: dict[SeriesKey, str] | None = None,
+        *,
+        calling_ae_title: str = "",
     ) -> list[tuple[SeriesKey, str]]:
         """Commit the association's instances and arm the release / settle triggers.
 
         ``spool_commits``: the spool commit that now holds each series' instances of this
-        association. Returns the commits that hold nothing new (content already dispatched,
-        or series refused): the caller deletes them.
+        association. ``calling_ae_title``: the sender; one of ``whole_series_senders`` makes
+        a series it carried whole due at once, without the release grace. Returns the
+        commits that hold nothing new (content already dispatched, or series refused): the
+        caller deletes them.
         """
         now = self._clock()
+        whole_series_sender = calling_ae_title.strip() in self._settings.whole_series_senders
+        grace = 0.0 if whole_series_sender else self._grace
         spool_commits = dict(spool_commits or {})
         redundant: list[tuple[SeriesKey, str]] = []
         with self._lock:
@@ -356,7 +375,8 @@ class SeriesStore:
                     and self._settings.analyze_on_release
                     and not entry.multi_association
                 ):
-                    entry.release_due = now + self._grace
+                    entry.release_due = now + grace
+                    entry.whole_series_release = whole_series_sender
                 elif changed or not carried_all:
                     entry.multi_association = entry.multi_association or not carried_all
                     entry.release_due = None
@@ -596,6 +616,7 @@ class SeriesStore:
         associations, so switch it to the settle rule instead of analysing it now."""
         if entry.release_due is not None:
             entry.release_due = None
+            entry.whole_series_release = False
             entry.multi_association = True
         if entry.provisional_previous is not None:
             # The provisional job is already analysing: un-dispatch its content, so the
@@ -627,6 +648,8 @@ class SeriesStore:
 
     def _dispatch(self, entry: _SeriesEntry, now: float) -> SeriesJob:
         trigger = "release" if entry.release_due is not None else "settle"
+        if entry.release_due is not None and entry.whole_series_release:
+            trigger = "whole-series release"
         if entry.restored:
             trigger = "restart"
         started = entry.receive_started if entry.receive_started is not None else now
@@ -647,6 +670,7 @@ class SeriesStore:
         entry.restored = False
         entry.dispatched_version = entry.version
         entry.release_due = None
+        entry.whole_series_release = False
         entry.multi_association = False
         entry.receive_started = None
         return job

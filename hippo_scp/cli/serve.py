@@ -21,6 +21,7 @@ def build_serve_config(
     weights: Path | None = None,
     log_level: str | None = None,
     log_format: str | None = None,
+    whole_series_senders: list[str] | None = None,
 ) -> NodeConfig:
     """Merge command-line flags over the configuration file; flags win.
 
@@ -41,6 +42,7 @@ def build_serve_config(
     put("model", "weights", str(weights.resolve()) if weights else None)
     put("logging", "level", log_level.upper() if log_level else None)
     put("logging", "format", log_format)
+    put("triggers", "whole_series_senders", whole_series_senders or None)
     if destinations:
         parsed = []
         for text in destinations:
@@ -88,6 +90,15 @@ def register(app: typer.Typer) -> None:
                 "several associations. Default 3."
             ),
         ),
+        whole_series_sender: list[str] | None = typer.Option(
+            None,
+            "--whole-series-sender",
+            help=(
+                "Calling AE title that always sends each series whole in one association "
+                "(e.g. Orthanc routing stable series): its releases skip the release grace "
+                "(repeatable; replaces triggers.whole_series_senders of the config file)."
+            ),
+        ),
         outbox: Path | None = typer.Option(
             None, "--outbox", help="Folder holding results until every destination has them."
         ),
@@ -119,6 +130,7 @@ def register(app: typer.Typer) -> None:
                 weights=weights,
                 log_level=log_level,
                 log_format=log_format,
+                whole_series_senders=whole_series_sender,
             )
         except ConfigError as error:
             typer.echo(f"error: {error}", err=True)

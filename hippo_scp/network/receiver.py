@@ -152,6 +152,11 @@ def _association_id(assoc: Any) -> int:
     return ident
 
 
+def _calling_ae_title(event: evt.Event) -> str:
+    """The sender's AE title (the store trusts some senders to send whole series)."""
+    return _peer(event.assoc)[0]
+
+
 def _peer(assoc: Any) -> tuple[str, str, int | None]:
     requestor = assoc.requestor
     calling = requestor.ae_title
@@ -431,17 +436,19 @@ class StorageReceiver:
             and primitive.result is None
             and event.assoc.is_acceptor
         ):
-            self._release_with_spool(_association_id(event.assoc))
+            self._release_with_spool(_association_id(event.assoc), _calling_ae_title(event))
 
     def _on_released(self, event: evt.Event) -> None:
         association_id = _association_id(event.assoc)
         if self._spool is None:
-            self._store.association_released(association_id)
+            self._store.association_released(
+                association_id, calling_ae_title=_calling_ae_title(event)
+            )
         else:  # normally done already on the A-RELEASE-RQ; then this finds nothing left
-            self._release_with_spool(association_id)
+            self._release_with_spool(association_id, _calling_ae_title(event))
         self._association_ended(event, "released")
 
-    def _release_with_spool(self, association_id: int) -> None:
+    def _release_with_spool(self, association_id: int, calling_ae_title: str = "") -> None:
         """Commit the association's instances in the spool, then in the store, under the
         spool lock (see :mod:`hippo_scp.assembly.spool`). A series whose commit fails is
         still analysed from memory, but is no longer in the spool (never a partial copy)."""
@@ -461,7 +468,9 @@ class StorageReceiver:
                 commits, failed = {}, keys
             for key in failed:
                 self._spool_drop_key(key)
-            redundant = store.association_released(association_id, commits)
+            redundant = store.association_released(
+                association_id, commits, calling_ae_title=calling_ae_title
+            )
             store.spool_unbacked(failed)
             try:
                 for key, commit in redundant:

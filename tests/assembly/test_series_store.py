@@ -398,3 +398,53 @@ def test_classic_grace_when_analysis_during_grace_is_off() -> None:
     clock.advance(1.0)
     (job,) = store.collect_ready()
     assert job.confirm_at is None and store.confirm_release(job) is True
+
+
+# ---------------------------------------------------------------- whole-series senders
+def test_whole_series_sender_release_is_due_at_once_without_a_grace() -> None:
+    """A sender listed in triggers.whole_series_senders (Orthanc routing stable series):
+    its release ends the series, so the job is final at once, not provisional."""
+    for during_grace in (False, True):
+        clock = FakeClock()
+        store = make_store(
+            clock, analyze_during_grace=during_grace, whole_series_senders=frozenset({"ORTHANC"})
+        )
+        for i in range(4):
+            offer(store, 1, "9.40", f"9.40.{i}")
+        store.association_released(1, calling_ae_title="ORTHANC ")  # padded as on the wire
+        assert store.next_deadline() == clock.now
+        (job,) = store.collect_ready()
+        assert (job.trigger, job.confirm_at, len(job.instances)) == (
+            "whole-series release",
+            None,
+            4,
+        )
+        assert store.confirm_release(job) is True
+
+
+def test_other_senders_keep_the_grace_when_some_sender_is_trusted() -> None:
+    clock = FakeClock()
+    store = make_store(clock, whole_series_senders=frozenset({"ORTHANC"}))
+    for i in range(4):
+        offer(store, 1, "9.41", f"9.41.{i}")
+    store.association_released(1, calling_ae_title="MODALITY1")
+    assert store.collect_ready() == []  # grace period
+    clock.advance(1.0)
+    assert [j.trigger for j in store.collect_ready()] == ["release"]
+
+
+def test_whole_series_sender_that_splits_a_series_falls_back_to_settle() -> None:
+    """Trust ends where the evidence contradicts it: a second association adding to a series
+    the trusted sender released makes it a multi-association series (settle rule)."""
+    clock = FakeClock()
+    store = make_store(clock, whole_series_senders=frozenset({"ORTHANC"}))
+    offer(store, 1, "9.42", "9.42.0")
+    offer(store, 1, "9.42", "9.42.1")
+    store.association_released(1, calling_ae_title="ORTHANC")
+    (first,) = store.collect_ready()  # analysed at once: that is the trust
+    offer(store, 2, "9.42", "9.42.2")
+    store.association_released(2, calling_ae_title="ORTHANC")
+    assert store.collect_ready() == []  # not a whole series: waits for quiet
+    clock.advance(3.0)
+    (again,) = store.collect_ready()
+    assert (again.trigger, len(again.instances)) == ("settle", 3)

@@ -68,13 +68,16 @@ def test_flags_override_the_config_file() -> None:
         port=11999,
         destinations=["PACS1@10.1.2.3:104", "PACS2@localhost:4242"],
         settle=7.5,
+        whole_series_senders=["ORTHANC"],
     )
     assert config.node.ae_title == "OTHERAI"
+    assert config.triggers.whole_series_senders == ["ORTHANC"]
     assert config.node.port == 11999
     assert [str(d) for d in config.destinations] == ["PACS1@10.1.2.3:104", "PACS2@localhost:4242"]
     assert config.triggers.settle_seconds == 7.5
     # Untouched keys keep the file's values.
     assert config.node.max_pdu_bytes == 131072
+    assert build_serve_config(DEFAULT_CONFIG_PATH).triggers.whole_series_senders == []
 
 
 def test_bad_destination_flag_names_the_flag() -> None:

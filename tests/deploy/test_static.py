@@ -154,6 +154,10 @@ def test_compose_is_consistent_with_the_configs():
     assert node_cmd[node_cmd.index("--ae-title") + 1] == orthanc_env["HIPPO_AET"]
     assert node_cmd[node_cmd.index("--port") + 1] == orthanc_env["HIPPO_PORT"]
     assert orthanc_env["HIPPO_HOST"] == "hippo-scp"
+    # Skipping the release grace is safe only while Orthanc routes each stable series whole.
+    trusted = node_cmd[node_cmd.index("--whole-series-sender") + 1]
+    assert trusted == orthanc_env["ORTHANC_AET"]
+    assert orthanc_env["ORTHANC_ROUTING"] == "series"
     ohif_cmd = re.search(
         r"^CMD (\[.*\])$", (DEPLOY / "docker" / "ohif.Dockerfile").read_text(), re.M
     )

@@ -364,3 +364,47 @@ def test_series_split_over_two_associations_within_the_grace_gives_one_complete_
     assert analysed == [8, 12]
     assert len(sink.snapshot()) == 3  # one result set: the complete series only
     assert node.worker.stats.superseded == 1 and node.worker.stats.analysed == 1
+
+
+def test_whole_series_sender_gets_results_without_the_release_grace(start_node, caplog) -> None:
+    """triggers.whole_series_senders (Orthanc routing stable series): results of a series its
+    association carried whole are filed at the release; another sender's wait out the grace.
+    The grace is long (4 s) so the difference cannot come from timing noise."""
+    import numpy as np
+    from pynetdicom import build_context
+
+    from tests.dicom_factory import series_from_volume
+
+    sink = Sink(ae_title="PACS").start()
+    try:
+        node = start_node(
+            destinations=[{"ae_title": "PACS", "host": "127.0.0.1", "port": sink.port}],
+            triggers={
+                "settle_seconds": 8.0,
+                "release_grace_seconds": 4.0,
+                "whole_series_senders": ["ORTHANC"],
+            },
+        )
+        waited: dict[str, float] = {}
+        for seed, calling in enumerate(("ORTHANC", "MODALITY")):
+            volume = np.random.default_rng(seed).integers(0, 900, (10, 8, 9), dtype=np.int16)
+            series = series_from_volume(volume)
+            scu = AE(ae_title=calling)
+            scu.requested_contexts = [build_context(series[0].SOPClassUID)]
+            assoc = scu.associate("127.0.0.1", node.address.port, ae_title="HIPPOAI")
+            keep_responses_for_caller(assoc)
+            assert assoc.is_established
+            for ds in series:
+                assert assoc.send_c_store(ds).Status == 0x0000
+            expected = len(sink.snapshot()) + 3
+            with caplog.at_level(logging.INFO, logger="hippo_scp"):
+                assoc.release()
+                released = time.monotonic()
+                assert wait_until(lambda n=expected: len(sink.snapshot()) >= n, 15)
+            waited[calling] = time.monotonic() - released
+    finally:
+        sink.stop()
+    assert waited["ORTHANC"] < 2.0 <= 4.0 <= waited["MODALITY"], waited
+    delivered = [r.getMessage() for r in caplog.records if "results delivered" in r.getMessage()]
+    assert any("trigger whole-series release" in m for m in delivered), delivered
+    assert any("trigger release" in m for m in delivered), delivered
