@@ -47,6 +47,7 @@ from hippo_scp.logging_setup import PATIENT_GUARD, audit_event
 from hippo_scp.network.event_reactor import install_event_driven_reactors
 from hippo_scp.network.presentation import per_association_contexts, supported_contexts
 from hippo_scp.network.socket_tuning import disable_nagle, install_quick_ack
+from hippo_scp.network.store_response import use_fast_store_responses
 from hippo_scp.network.tls import server_context
 
 LOGGER = logging.getLogger(__name__)
@@ -270,9 +271,11 @@ class StorageReceiver:
 
     # ------------------------------------------------------------------ handlers
     def _on_conn_open(self, event: evt.Event) -> None:
-        """Disable Nagle (DIMSE responses are small and latency-bound); bound blocking reads."""
+        """Disable Nagle (DIMSE responses are small and latency-bound); bound blocking reads;
+        C-STORE responses pre-encoded (:mod:`hippo_scp.network.store_response`)."""
         _association_id(event.assoc)
         disable_nagle(event)
+        use_fast_store_responses(event)
         sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
         if sock is not None:
             # pynetdicom reads a PDU with blocking recv() calls once select() says data is
