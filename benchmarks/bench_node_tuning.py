@@ -4,7 +4,8 @@ Parts (``--parts micro,assoc,bare,bare_installed,node,send,idle``):
 
 - ``node``: the node itself (``hippo-scp serve``) with ``node.max_pdu_bytes`` 16384 / 131072
   (shipped) / 0 (unlimited), and at 131072 with pynetdicom's polling reactor loops
-  (``HIPPO_EVENT_REACTOR=0``) instead of the node's event-driven ones, receiving Study1 from
+  (``HIPPO_EVENT_REACTOR=0``) instead of the node's event-driven ones, and with pynetdicom's
+  C-STORE-RSP encoder (``HIPPO_FAST_STORE_RSP=0``), receiving Study1 from
   storescu with ``TCP_NODELAY=1``, alternating with dcmtk storescp (``TCP_NODELAY=1``) as the
   baseline of the same run.
 - ``bare``: a bare pynetdicom SCP (:mod:`benchmarks.bare_scp`, no node code) with one knob at a
@@ -147,6 +148,19 @@ def micro(quick: bool) -> dict:
         out["c_store_rsp_encode_validation_off"] = _time_op(encode_rsp, number, repeat)
     finally:
         config.settings.reading_validation_mode, config.settings.writing_validation_mode = saved
+
+    from hippo_scp.network.store_response import _plain_store_response
+
+    def encode_rsp_node() -> None:
+        """What the node sends instead (network/store_response.py): same bytes."""
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo = 7
+        rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        rsp.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.12345678901234567890123456789"
+        rsp.Status = 0x0000
+        _plain_store_response(rsp)
+
+    out["c_store_rsp_encode_node_fast_path"] = _time_op(encode_rsp_node, number, repeat)
 
     # one MR instance of Study1 (512x512), as the node's C-STORE handler sees it
     first = next(iter(list_series(source_study("Study1")).values()))[0]
@@ -298,6 +312,13 @@ def node(work: Path, n: int, quick: bool) -> dict:
             nodelay=True,
             extra_env={"HIPPO_EVENT_REACTOR": "0"},
         )
+        # the shipped node answering with pynetdicom's C-STORE-RSP encoder
+        procs["node pdu 131072, pynetdicom's C-STORE-RSP encoder"] = P.start_node(
+            work / "node-slow-rsp",
+            sink.destination,
+            nodelay=True,
+            extra_env={"HIPPO_FAST_STORE_RSP": "0"},
+        )
         result = _alternate(procs, folder, n, manifest)
     finally:
         P.stop_all(procs.values())
@@ -443,6 +464,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"{name:30} {data['wall_s']['median']:.3f}  "
                     f"{data['receiver_cpu_s']['median']:.2f}  " + (f"x{r:.2f}" if r else "")
                 )
+    if args.merge_into and args.out is None:
+        # Not also saved to the default file: that is usually the merge target, and saving
+        # first would leave only this run's parts in it.
+        merged = merge_into(args.merge_into, result, [p for p in PARTS if p in result])
+        print(f"merged parts {merged} into {args.merge_into}")
+        return 0
     path = write_result(result_path(args, "node_tuning"), result)
     print(f"saved {path}")
     if args.merge_into:

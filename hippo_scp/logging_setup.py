@@ -24,6 +24,21 @@ AUDIT_LOGGER_NAME = "hippo_scp.audit"
 _MASK = "***"
 
 
+#: SpecificCharacterSet (decoding depends on it), PatientName, PatientID, PatientBirthDate,
+#: OtherPatientIDs
+_IDENTIFIER_TAGS = (0x00080005, 0x00100010, 0x00100020, 0x00100030, 0x00101000)
+_RECENT_RAW_CAPACITY = 64
+
+
+def _raw_value(dataset: Dataset, tag: int) -> object:
+    """The element's value as received (bytes) without decoding it; None when absent."""
+    if tag not in dataset:
+        return None
+    element = dataset.get_item(tag)
+    value = element.value
+    return value if isinstance(value, bytes | None) else repr(value)
+
+
 class PatientIdentifierGuard(logging.Filter):
     """Mask remembered patient identifiers in records at INFO and above.
 
@@ -35,10 +50,25 @@ class PatientIdentifierGuard(logging.Filter):
         self._identifiers: OrderedDict[str, None] = OrderedDict()
         self._capacity = capacity
         self._lock = threading.Lock()
+        #: raw (undecoded) identifier elements of recent datasets -> their identifiers
+        self._recent_raw: OrderedDict[tuple[object, ...], list[str]] = OrderedDict()
 
     def remember(self, dataset: Dataset) -> None:
-        """Record the identifiers of ``dataset`` (PatientName, PatientID, PatientBirthDate)."""
-        values: list[str] = []
+        """Record the identifiers of ``dataset`` (PatientName, PatientID, PatientBirthDate).
+
+        Called for every received instance, and the instances of a series carry the same
+        identifiers: the values are decoded (character set, PersonName) only the first time
+        their raw bytes are seen; later instances just refresh them (5 % of the receive
+        path's CPU before, measured with py-spy).
+        """
+        raw_key = tuple(_raw_value(dataset, tag) for tag in _IDENTIFIER_TAGS)
+        with self._lock:
+            values = self._recent_raw.get(raw_key)
+            if values is not None:
+                self._recent_raw.move_to_end(raw_key)
+                self._keep(values)
+                return
+        values = []
         for keyword in ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs"):
             value = dataset.get(keyword)
             if value is None:
@@ -48,14 +78,19 @@ class PatientIdentifierGuard(logging.Filter):
                 values.append(text)
                 # Also mask the name's components: "DOE^JOHN" may be logged as "DOE".
                 values.extend(part for part in text.split("^") if len(part) >= 3)
-        if not values:
-            return
         with self._lock:
-            for text in values:
-                self._identifiers[text] = None
-                self._identifiers.move_to_end(text)
-            while len(self._identifiers) > self._capacity:
-                self._identifiers.popitem(last=False)
+            self._recent_raw[raw_key] = values
+            while len(self._recent_raw) > _RECENT_RAW_CAPACITY:
+                self._recent_raw.popitem(last=False)
+            self._keep(values)
+
+    def _keep(self, values: list[str]) -> None:
+        """Add or refresh ``values`` in the LRU of identifiers (lock held)."""
+        for text in values:
+            self._identifiers[text] = None
+            self._identifiers.move_to_end(text)
+        while len(self._identifiers) > self._capacity:
+            self._identifiers.popitem(last=False)
 
     def mask(self, text: str) -> str:
         with self._lock:

@@ -48,6 +48,34 @@ def test_remembered_identifiers_are_masked_at_info_but_not_debug(log_stream) -> 
     assert info_and_warning.count("***") >= 4
 
 
+def _as_received(ds: Dataset) -> Dataset:
+    """The dataset as the receiver parses it: raw, undecoded elements."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+    from pydicom.filewriter import write_dataset
+
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    return read_dataset(io.BytesIO(buffer.getvalue()), False, True)
+
+
+def test_identifiers_of_a_repeated_series_stay_masked_beyond_the_lru() -> None:
+    """Instances of a series repeat the same raw identifiers (decoded once, then only
+    refreshed): they must stay masked however many other patients pass meanwhile."""
+    from hippo_scp.logging_setup import PatientIdentifierGuard
+
+    guard = PatientIdentifierGuard(capacity=8)
+    streaming = patient("Arthur^Dent", "PID-000042", "19520311")
+    guard.remember(_as_received(streaming))
+    for index in range(20):  # other patients interleaved with the series' instances
+        guard.remember(patient(f"Other^Person{index:02d}", f"PID-{index:06d}", "19800101"))
+        guard.remember(_as_received(streaming))
+    masked = guard.mask("Arthur^Dent PID-000042 19520311 Dent")
+    assert "Arthur" not in masked and "PID-000042" not in masked and "Dent" not in masked
+    assert "PID-000001" in guard.mask("PID-000001")  # evicted: the LRU still bounds it
+
+
 def test_json_lines_and_audit_log(log_stream, tmp_path: Path) -> None:
     audit = tmp_path / "audit.jsonl"
     configure_logging("INFO", "json", stream=log_stream, audit_log=audit)
