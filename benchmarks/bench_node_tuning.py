@@ -5,7 +5,8 @@ Parts (``--parts micro,assoc,bare,bare_installed,node,send,idle``):
 - ``node``: the node itself (``hippo-scp serve``) with ``node.max_pdu_bytes`` 16384 / 131072
   (shipped) / 0 (unlimited), and at 131072 with pynetdicom's polling reactor loops
   (``HIPPO_EVENT_REACTOR=0``) instead of the node's event-driven ones, and with pynetdicom's
-  C-STORE-RSP encoder (``HIPPO_FAST_STORE_RSP=0``), receiving Study1 from
+  C-STORE-RSP encoder (``HIPPO_FAST_STORE_RSP=0``) or its 4 KiB socket reads
+  (``HIPPO_WHOLE_PDU_READS=0``), receiving Study1 from
   storescu with ``TCP_NODELAY=1``, alternating with dcmtk storescp (``TCP_NODELAY=1``) as the
   baseline of the same run.
 - ``bare``: a bare pynetdicom SCP (:mod:`benchmarks.bare_scp`, no node code) with one knob at a
@@ -318,6 +319,13 @@ def node(work: Path, n: int, quick: bool) -> dict:
             sink.destination,
             nodelay=True,
             extra_env={"HIPPO_FAST_STORE_RSP": "0"},
+        )
+        # the shipped node reading PDUs in pynetdicom's 4 KiB recv() calls
+        procs["node pdu 131072, pynetdicom's 4 KiB reads"] = P.start_node(
+            work / "node-4k-reads",
+            sink.destination,
+            nodelay=True,
+            extra_env={"HIPPO_WHOLE_PDU_READS": "0"},
         )
         result = _alternate(procs, folder, n, manifest)
     finally:
