@@ -3,10 +3,11 @@
 Parts (``--parts micro,assoc,bare,bare_installed,node,send,idle``):
 
 - ``node``: the node itself (``hippo-scp serve``) with ``node.max_pdu_bytes`` 16384 / 131072
-  (shipped) / 0 (unlimited), and at 131072 with pynetdicom's polling reactor loops
+  (shipped) / 1048576 / 0 (unlimited), and at 131072 with pynetdicom's polling reactor loops
   (``HIPPO_EVENT_REACTOR=0``) instead of the node's event-driven ones, and with pynetdicom's
   C-STORE-RSP encoder (``HIPPO_FAST_STORE_RSP=0``) or its 4 KiB socket reads
-  (``HIPPO_WHOLE_PDU_READS=0``), receiving Study1 from
+  (``HIPPO_WHOLE_PDU_READS=0``) or parsing every header up to Pixel Data
+  (``HIPPO_SHORT_HEADERS=0``), receiving Study1 from
   storescu with ``TCP_NODELAY=1``, alternating with dcmtk storescp (``TCP_NODELAY=1``) as the
   baseline of the same run.
 - ``bare``: a bare pynetdicom SCP (:mod:`benchmarks.bare_scp`, no node code) with one knob at a
@@ -90,7 +91,12 @@ QUICK_BARE = [
     "shipped (pdu 16382)",
     "pdu 131072 + nodelay + cheap context copy + event-driven reactors",
 ]
-NODE_PDUS = {"node pdu 16384": 16384, "node pdu 131072 (shipped)": 131072, "node pdu 0": 0}
+NODE_PDUS = {
+    "node pdu 16384": 16384,
+    "node pdu 131072 (shipped)": 131072,
+    "node pdu 1048576": 1048576,
+    "node pdu 0": 0,
+}
 
 
 # --------------------------------------------------------------------------- micro
@@ -114,6 +120,7 @@ def micro(quick: bool) -> dict:
     import pydicom
     from pydicom import config
     from pydicom.filereader import read_dataset
+    from pydicom.uid import UID
     from pynetdicom.dimse_messages import C_STORE_RSP
     from pynetdicom.dimse_primitives import C_STORE
     from pynetdicom.dsutils import encode
@@ -185,6 +192,14 @@ def micro(quick: bool) -> dict:
     out["parse_header_only"] = _time_op(header_only, number, repeat)
     out["parse_header_only_int_ge"] = _time_op(header_only_int_ge, number, repeat)
     out["parse_full_dataset"] = _time_op(full_decode, number, repeat)
+
+    from hippo_scp.network.receiver import _parse_header
+
+    def node_header_known_series() -> None:
+        """What the node parses for an instance of a series it already holds."""
+        _parse_header(BytesIO(data), UID("1.2.840.10008.1.2.1"), full=False)
+
+    out["parse_header_node_known_series"] = _time_op(node_header_known_series, number, repeat)
     return out
 
 
@@ -319,6 +334,13 @@ def node(work: Path, n: int, quick: bool) -> dict:
             sink.destination,
             nodelay=True,
             extra_env={"HIPPO_FAST_STORE_RSP": "0"},
+        )
+        # the shipped node parsing every header up to Pixel Data
+        procs["node pdu 131072, whole headers"] = P.start_node(
+            work / "node-whole-headers",
+            sink.destination,
+            nodelay=True,
+            extra_env={"HIPPO_SHORT_HEADERS": "0"},
         )
         # the shipped node reading PDUs in pynetdicom's 4 KiB recv() calls
         procs["node pdu 131072, pynetdicom's 4 KiB reads"] = P.start_node(

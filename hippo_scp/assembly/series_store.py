@@ -55,8 +55,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from io import BytesIO
 
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import UID
 
 LOGGER = logging.getLogger(__name__)
 
@@ -97,7 +100,30 @@ class ReceivedInstance:
     transfer_syntax: str
     data: bytes  # the data set as received (deflate already undone), without File Meta
     received_at: float
-    frames: int = 1  # NumberOfFrames: a single multi-frame instance can be a whole series
+    #: NumberOfFrames (a single multi-frame instance can be a whole series); None: not read
+    #: yet (see _instance_frames)
+    frames: int | None = 1
+
+
+_NUMBER_OF_FRAMES = 0x00280008
+
+
+def _instance_frames(instance: ReceivedInstance) -> int:
+    """NumberOfFrames of a held instance; parsed from its bytes when the receiver did not
+    read that far (it stops after the Series Instance UID for series it already knows)."""
+    if instance.frames is not None:
+        return instance.frames
+    syntax = UID(instance.transfer_syntax)
+    try:
+        header = read_dataset(
+            BytesIO(instance.data),
+            syntax.is_implicit_VR,
+            syntax.is_little_endian,
+            stop_when=lambda tag, vr, length: int.__gt__(tag, _NUMBER_OF_FRAMES),
+        )
+    except Exception:  # noqa: BLE001 - a header the receiver could parse once; be safe
+        return 1
+    return _frames(header)
 
 
 @dataclass(slots=True)
@@ -229,11 +255,13 @@ class SeriesStore:
         payload: Callable[[], bytes],
         payload_size: int,
         transfer_syntax: str,
+        full_header: Callable[[], Dataset] | None = None,
     ) -> StoreOutcome:
         """File one instance; O(1). ``payload`` is only called when the bytes are kept.
 
-        ``header`` is the instance parsed up to (not including) Pixel Data; it is used for the
-        UIDs and, for the first instance of a series, for the selection decision.
+        ``header`` is the instance parsed up to (not including) Pixel Data, or -- with
+        ``full_header`` -- only far enough for the UIDs: ``full_header()`` then parses the
+        rest, and is called for the first instance of a series only (selection decision).
         """
         study_uid = str(header.get("StudyInstanceUID", "") or "")
         series_uid = str(header.get("SeriesInstanceUID", "") or "")
@@ -247,8 +275,12 @@ class SeriesStore:
                 self._ignored.move_to_end(key)
                 return StoreOutcome.IGNORED
             entry = self._entries.get(key)
+            frames: int | None = None if full_header is not None else _frames(header)
             if entry is None:
                 # Decide on the first instance; decide() only reads header attributes.
+                if full_header is not None:
+                    header = full_header()
+                    frames = _frames(header)
                 if not self._decide(header):
                     self._ignored[key] = None
                     while len(self._ignored) > self._settings.max_remembered_series:
@@ -288,7 +320,7 @@ class SeriesStore:
                 transfer_syntax=str(transfer_syntax),
                 data=data,
                 received_at=now,
-                frames=_frames(header),
+                frames=frames,
             )
             pending = entry.pending.setdefault(association_id, {})
             replaced = pending.get(sop_uid)
@@ -367,7 +399,8 @@ class SeriesStore:
                 # association per instance must not get its series analysed slice by slice,
                 # however slowly it sends).
                 carried_all = delivered.issuperset(entry.committed) and (
-                    len(delivered) >= 2 or any(i.frames > 1 for i in entry.committed.values())
+                    len(delivered) >= 2
+                    or any(_instance_frames(i) > 1 for i in entry.committed.values())
                 )
                 if (
                     changed

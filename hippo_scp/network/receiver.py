@@ -22,8 +22,10 @@ allowed to use).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
+import os
 import socket
 import threading
 import zlib
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian
@@ -62,6 +65,7 @@ REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 
 _PIXEL_DATA = 0x7FE00010
+_SERIES_INSTANCE_UID = 0x0020000E
 _ASSOCIATION_IDS = itertools.count(1)
 #: How long a closed connection waits for EVT_ABORTED before it is audited as 'closed'.
 AUDIT_CLOSE_DELAY_S = 1.0
@@ -71,6 +75,20 @@ def _before_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
     # int.__ge__, not BaseTag.__ge__: pydicom's Python-level comparison runs for every element
     # of every received header (a 512x512 MR header: 1.22 ms instead of 1.43 ms per instance).
     return int.__ge__(tag, _PIXEL_DATA)
+
+
+def _after_series_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return int.__gt__(tag, _SERIES_INSTANCE_UID)
+
+
+def _parse_header(raw: BytesIO, syntax: UID, *, full: bool) -> Dataset:
+    """The data set's elements up to Pixel Data (``full``) or only up to the Series Instance
+    UID: all a C-STORE of a series the node already knows needs (UIDs, patient identifiers
+    for the log guard). That skips the image, private and later groups: a GE MR header
+    parses in ~0.56 ms instead of ~0.78 ms (bench_node_tuning.py, part micro)."""
+    raw.seek(0)
+    stop = _before_pixel_data if full else _after_series_uid
+    return read_dataset(raw, syntax.is_implicit_VR, syntax.is_little_endian, stop_when=stop)
 
 
 @dataclass(frozen=True)
@@ -191,6 +209,9 @@ class StorageReceiver:
         #: ids of associations whose end is audited (bounded: only recent ones matter)
         self._ended: deque[int] = deque(maxlen=4096)
         self._policy = AccessPolicy.from_config(config.node.ae_title, config.access)
+        #: parse headers of known series only up to the Series Instance UID (_parse_header);
+        #: HIPPO_SHORT_HEADERS=0 parses every header up to Pixel Data (for comparisons)
+        self._short_headers = os.environ.get("HIPPO_SHORT_HEADERS", "1") != "0"
         self.ae = self._build_ae()
         self.server: ThreadedAssociationServer | None = None
 
@@ -369,14 +390,19 @@ class StorageReceiver:
             if ts.is_deflated:
                 inflated = zlib.decompress(raw.getvalue(), -zlib.MAX_WBITS)
                 raw, ts = BytesIO(inflated), ExplicitVRLittleEndian
-            raw.seek(0)
-            header = read_dataset(
-                raw, ts.is_implicit_VR, ts.is_little_endian, stop_when=_before_pixel_data
-            )
+            short = self._short_headers
+            header = _parse_header(raw, ts, full=not short)
             PATIENT_GUARD.remember(header)
             size = raw.getbuffer().nbytes
             association_id = _association_id(event.assoc)
-            outcome = self._store.offer(association_id, header, raw.getvalue, size, str(ts))
+            outcome = self._store.offer(
+                association_id,
+                header,
+                raw.getvalue,
+                size,
+                str(ts),
+                full_header=functools.partial(_parse_header, raw, ts, full=True) if short else None,
+            )
         except Exception as error:
             LOGGER.warning(
                 "C-STORE refused: the data set cannot be parsed (%s)", type(error).__name__

@@ -448,3 +448,72 @@ def test_whole_series_sender_that_splits_a_series_falls_back_to_settle() -> None
     clock.advance(3.0)
     (again,) = store.collect_ready()
     assert (again.trigger, len(again.instances)) == ("settle", 3)
+
+
+# ---------------------------------------------------------------- short headers
+def _encoded(ds: Dataset) -> bytes:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+def _short(ds: Dataset) -> Dataset:
+    """What the receiver parses for a C-STORE: elements up to the Series Instance UID."""
+    short = Dataset()
+    for element in ds:
+        if element.tag <= 0x0020000E:
+            short.add(element)
+    return short
+
+
+def offer_short(store: SeriesStore, assoc: int, ds: Dataset, calls: list[str]) -> StoreOutcome:
+    data = _encoded(ds)
+
+    def full() -> Dataset:
+        calls.append(str(ds.SOPInstanceUID))
+        return ds
+
+    return store.offer(
+        assoc, _short(ds), lambda: data, len(data), "1.2.840.10008.1.2.1", full_header=full
+    )
+
+
+def test_full_header_is_parsed_for_the_first_instance_of_a_series_only() -> None:
+    """Selection rules may name any attribute (here Rows, group 0028, beyond the short
+    header): the first instance decides with the whole header, later ones skip it."""
+    clock = FakeClock()
+    settings = StoreSettings(max_series_bytes=10**6, max_total_bytes=10**7)
+    store = SeriesStore(settings, lambda ds: ds.get("Rows") == 35, clock=clock)
+    calls: list[str] = []
+    for i in range(3):
+        ds = header("9.50", f"9.50.{i}")
+        ds.Rows = 35
+        assert offer_short(store, 1, ds, calls) is StoreOutcome.STORED
+    other = header("9.51", "9.51.0")
+    other.Rows = 512
+    assert offer_short(store, 1, other, calls) is StoreOutcome.IGNORED
+    assert offer_short(store, 1, header("9.51", "9.51.1"), calls) is StoreOutcome.IGNORED
+    assert calls == ["9.50.0", "9.51.0"]
+
+
+def test_lone_multiframe_instance_counts_as_whole_series_from_a_short_header() -> None:
+    """A series' second instance comes with a short header (no NumberOfFrames); when it is
+    all that is left to release, its frame count is read from its bytes."""
+    clock = FakeClock()
+    store = make_store(clock, max_series_bytes=10**6, max_total_bytes=10**7)
+    calls: list[str] = []
+    first = header("9.52", "9.52.0")
+    first.NumberOfFrames = 40
+    offer_short(store, 1, first, calls)
+    second = header("9.52", "9.52.1")
+    second.NumberOfFrames = 40
+    offer_short(store, 2, second, calls)
+    store.association_aborted(1)  # only the second association's instance remains
+    store.association_released(2)
+    clock.advance(1.0)
+    assert [(j.trigger, len(j.instances)) for j in store.collect_ready()] == [("release", 1)]
+    assert calls == ["9.52.0"]
