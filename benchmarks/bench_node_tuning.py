@@ -307,6 +307,15 @@ def bare_installed(work: Path, n: int) -> dict:
     return result
 
 
+#: name -> environment that switches one of the node's receive-path changes off
+NODE_SWITCHED_OFF: dict[str, dict[str, str]] = {
+    "node pdu 131072, polling reactors": {"HIPPO_EVENT_REACTOR": "0"},
+    "node pdu 131072, pynetdicom's C-STORE-RSP encoder": {"HIPPO_FAST_STORE_RSP": "0"},
+    "node pdu 131072, whole headers": {"HIPPO_SHORT_HEADERS": "0"},
+    "node pdu 131072, pynetdicom's 4 KiB reads": {"HIPPO_WHOLE_PDU_READS": "0"},
+}
+
+
 def node(work: Path, n: int, quick: bool) -> dict:
     folder, manifest = cached_study(1)
     pdus = NODE_PDUS if not quick else {"node pdu 131072 (shipped)": 131072}
@@ -321,34 +330,11 @@ def node(work: Path, n: int, quick: bool) -> dict:
                 nodelay=True,
                 config_overrides={"node": {"max_pdu_bytes": pdu}},
             )
-        # the shipped node with pynetdicom's 1 ms polling loops instead of event-driven ones
-        procs["node pdu 131072, polling reactors"] = P.start_node(
-            work / "node-polling",
-            sink.destination,
-            nodelay=True,
-            extra_env={"HIPPO_EVENT_REACTOR": "0"},
-        )
-        # the shipped node answering with pynetdicom's C-STORE-RSP encoder
-        procs["node pdu 131072, pynetdicom's C-STORE-RSP encoder"] = P.start_node(
-            work / "node-slow-rsp",
-            sink.destination,
-            nodelay=True,
-            extra_env={"HIPPO_FAST_STORE_RSP": "0"},
-        )
-        # the shipped node parsing every header up to Pixel Data
-        procs["node pdu 131072, whole headers"] = P.start_node(
-            work / "node-whole-headers",
-            sink.destination,
-            nodelay=True,
-            extra_env={"HIPPO_SHORT_HEADERS": "0"},
-        )
-        # the shipped node reading PDUs in pynetdicom's 4 KiB recv() calls
-        procs["node pdu 131072, pynetdicom's 4 KiB reads"] = P.start_node(
-            work / "node-4k-reads",
-            sink.destination,
-            nodelay=True,
-            extra_env={"HIPPO_WHOLE_PDU_READS": "0"},
-        )
+        # the shipped node with one of its receive-path changes switched off
+        for index, (name, env) in enumerate(NODE_SWITCHED_OFF.items()):
+            procs[name] = P.start_node(
+                work / f"node-off-{index}", sink.destination, nodelay=True, extra_env=env
+            )
         result = _alternate(procs, folder, n, manifest)
     finally:
         P.stop_all(procs.values())

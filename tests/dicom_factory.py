@@ -385,6 +385,17 @@ def _to_bytes(ds: Dataset, transfer_syntax: UID) -> bytes:
     return buffer.getvalue()
 
 
+def data_set_bytes(ds: Dataset, *, implicit_vr: bool = False) -> bytes:
+    """The data set as a C-STORE carries it: little endian, no File Meta."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, implicit_vr
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
 def _parse(data: bytes) -> Dataset:
     return pydicom.dcmread(io.BytesIO(data))
 

@@ -50,14 +50,11 @@ def test_remembered_identifiers_are_masked_at_info_but_not_debug(log_stream) -> 
 
 def _as_received(ds: Dataset) -> Dataset:
     """The dataset as the receiver parses it: raw, undecoded elements."""
-    from pydicom.filebase import DicomBytesIO
     from pydicom.filereader import read_dataset
-    from pydicom.filewriter import write_dataset
 
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    write_dataset(buffer, ds)
-    return read_dataset(io.BytesIO(buffer.getvalue()), False, True)
+    from tests.dicom_factory import data_set_bytes
+
+    return read_dataset(io.BytesIO(data_set_bytes(ds)), False, True)
 
 
 def test_identifiers_of_a_repeated_series_stay_masked_beyond_the_lru() -> None:

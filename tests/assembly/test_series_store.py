@@ -10,6 +10,7 @@ from hippo_scp.assembly.series_store import (
     StoreSettings,
     series_label,
 )
+from tests.dicom_factory import data_set_bytes
 
 STUDY = "1.2.3"
 
@@ -451,16 +452,6 @@ def test_whole_series_sender_that_splits_a_series_falls_back_to_settle() -> None
 
 
 # ---------------------------------------------------------------- short headers
-def _encoded(ds: Dataset) -> bytes:
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    write_dataset(buffer, ds)
-    return buffer.getvalue()
-
-
 def _short(ds: Dataset) -> Dataset:
     """What the receiver parses for a C-STORE: elements up to the Series Instance UID."""
     short = Dataset()
@@ -471,7 +462,7 @@ def _short(ds: Dataset) -> Dataset:
 
 
 def offer_short(store: SeriesStore, assoc: int, ds: Dataset, calls: list[str]) -> StoreOutcome:
-    data = _encoded(ds)
+    data = data_set_bytes(ds)
 
     def full() -> Dataset:
         calls.append(str(ds.SOPInstanceUID))

@@ -14,8 +14,6 @@ from types import SimpleNamespace
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 from hippo_scp.assembly.series_store import SeriesStore
@@ -28,6 +26,7 @@ from hippo_scp.network.receiver import (
 )
 from hippo_scp.pipeline.worker import fingerprint
 from tests.assembly.test_series_store import FakeClock, make_store
+from tests.dicom_factory import data_set_bytes
 
 STUDY = "1.2.3"
 
@@ -41,10 +40,7 @@ def encoded(series: str, sop: str, description: str = "HippoCrop", fill: int = 0
     ds.SeriesDescription = description
     ds.BitsAllocated = 8
     ds.PixelData = bytes([fill]) * 64
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    write_dataset(buffer, ds)
-    return buffer.getvalue()
+    return data_set_bytes(ds)
 
 
 class Harness:

@@ -13,8 +13,6 @@ from types import SimpleNamespace
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from hippo_scp.assembly.series_store import SeriesStore, StoreSettings
@@ -24,6 +22,7 @@ from hippo_scp.network import sender as sender_module
 from hippo_scp.network.outbox import EncodedObjects, Outbox, destination_folder_name
 from hippo_scp.network.sender import ResultSender, SenderSettings
 from hippo_scp.pipeline.worker import AnalysisWorker, decode_instance
+from tests.dicom_factory import data_set_bytes
 from tests.network.conftest import Sink, free_port, wait_until
 
 
@@ -138,10 +137,7 @@ class FakeOutbox:
 
 def implicit_le(ds: Dataset) -> bytes:
     """The data set as a sender's C-STORE carries it (Implicit VR Little Endian, no meta)."""
-    buffer = DicomBytesIO()
-    buffer.is_implicit_VR, buffer.is_little_endian = True, True
-    write_dataset(buffer, ds)
-    return buffer.getvalue()
+    return data_set_bytes(ds, implicit_vr=True)
 
 
 def _fake_result(datasets) -> SimpleNamespace:
