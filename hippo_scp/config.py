@@ -218,6 +218,13 @@ class ModelSection(_Strict):
 
     weights: Path = DEFAULT_WEIGHTS_PATH
     threads: int = Field(2, ge=1)
+    warm_up: bool = Field(
+        True,
+        description=(
+            "Analyse a synthetic series once at start-up, before accepting associations, so "
+            "the first real series does not pay for lazy loading (~0.6 s)"
+        ),
+    )
 
 
 class LoggingSection(_Strict):

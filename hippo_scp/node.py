@@ -38,10 +38,11 @@ from hippo_scp.assembly.series_store import DecideFn, SeriesStore, StoreSettings
 from hippo_scp.assembly.spool import Spool
 from hippo_scp.config import NodeConfig
 from hippo_scp.logging_setup import audit_event, configure_logging
-from hippo_scp.network.outbox import Outbox
+from hippo_scp.network.outbox import EncodedObjects, Outbox
 from hippo_scp.network.receiver import StorageReceiver
 from hippo_scp.network.sender import ResultSender, SenderSettings
 from hippo_scp.network.tls import client_context, server_context
+from hippo_scp.pipeline.warmup import warm_up
 from hippo_scp.pipeline.worker import AnalysisWorker, AnalyzeFn, fingerprint
 
 LOGGER = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ def load_analyzer(config: NodeConfig) -> AnalyzeFn:
         raise StartupError(f"cannot load model weights {weights}: {error}") from None
     analyzer = SeriesAnalyzer(segmenter, AnalysisSettings(min_slices=config.selection.min_slices))
     LOGGER.info("model %s loaded from %s", segmenter.model_version, weights)
+    if config.model.warm_up:
+        # before the node listens: the first patient's series does not pay for lazy loading
+        warm_up(analyzer.analyze, EncodedObjects.of)
     return analyzer.analyze
 
 
