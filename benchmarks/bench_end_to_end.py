@@ -3,7 +3,9 @@
 Orthanc (``TCP_NODELAY=1``, ``StableAge`` S, the project's ``route_dicoms.lua``: one
 association per stable series to the node) and the node (destination: Orthanc) run as in the
 deployment. Each repetition sends a fresh copy of Study1 (new UIDs, all five series, like a
-scanner) to Orthanc with storescu; the clock starts when storescu has stored the last instance
+scanner) to Orthanc with storescu, each run starting at another phase of the second (Orthanc's
+stability check runs once a second at a fixed phase, so back-to-back runs would all meet it at
+the same point); the clock starts when storescu has stored the last instance
 and stops when ``/tools/find`` finds the SR (then the SEG and the report image) of that study.
 
 Reported per run: ``sr_s`` (that latency), ``beyond_stable_age_s`` = sr_s - StableAge, and from
@@ -17,6 +19,7 @@ its results stored in Orthanc (``release_to_sent_ms``, with its stages). Target 
 from __future__ import annotations
 
 import argparse
+import random
 import shutil
 import sys
 import time
@@ -78,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         help="do not pass --whole-series-sender ORTHANC to the node (what start_listener.sh "
         "does for per-series routing): Orthanc's series then wait out the release grace",
     )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="offset of the send phases within the second"
+    )
     args = parser.parse_args(argv)
     route_series = [s.strip() for s in args.route_series.split(",") if s.strip()]
     n = reps(args, 7)
@@ -119,10 +125,16 @@ def main(argv: list[str] | None = None) -> int:
         result["node_launcher"] = node.extra.get("launcher")
         # rep -1: the first study after start-up (cold: lazy imports, first-call set-up);
         # reported apart, not in the medians
+        phase_offset = random.Random(args.seed).random()
         for rep in range(-1, n):
             study_dir = work / f"study-{rep}"
             manifest = fresh_study(study_dir, tag=f"e2e-{rep}-{time.time_ns()}")
             uid = manifest["study_instance_uid"]
+            # Orthanc checks for stable series once a second, at a fixed phase; back-to-back
+            # runs would all meet it at about the same point. Start each send at a phase
+            # spread evenly over the second so the median is comparable between runs.
+            phase = ((rep + 1) / (n + 1) + phase_offset) % 1.0
+            time.sleep((phase - time.time()) % 1.0)
             P.storescu(orthanc.dicom_port, "ORTHANC", study_dir, nodelay=True)
             t0, t0_wall = time.perf_counter(), time.time()
             found = wait_modalities(orthanc, uid, ["SR", "SEG", "OT"], t0, args.timeout)
