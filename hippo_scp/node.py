@@ -298,6 +298,13 @@ def run_node(
     )
     LOGGER.info("%s", message)
     print(message, flush=True)
+    if config.triggers.whole_series_senders:
+        LOGGER.info(
+            "series released by %s are reported without the %.1f s release grace "
+            "(triggers.whole_series_senders)",
+            ", ".join(config.triggers.whole_series_senders),
+            config.triggers.release_grace_seconds,
+        )
     audit_event("node_started", ae_title=config.node.ae_title, port=address.port)
     try:
         while not stop.wait(0.5):

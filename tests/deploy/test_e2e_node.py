@@ -99,6 +99,19 @@ def test_volumes_equal_hippo_scp_analyze(processed: list[dict], analyzed: dict[s
             assert got[name] == pytest.approx(expected[key], abs=1e-6), (name, got, expected)
 
 
+def test_orthanc_routing_stable_series_is_trusted_to_send_them_whole(
+    processed: list[dict], node_stack: Stack
+):
+    """start_listener.sh names Orthanc a whole-series sender when it routes per series: the
+    node says so at start-up and files each study's results without the release grace."""
+    log = node_stack.log("hippo-scp")
+    assert "reported without the 1.0 s release grace" in log
+    assert "ORTHANC" in log.split("reported without the")[0].splitlines()[-1]
+    delivered = [line for line in log.splitlines() if "results delivered" in line]
+    assert len(delivered) >= len(STUDIES)
+    assert all("trigger whole-series release" in line for line in delivered), delivered
+
+
 def test_nothing_loops(processed: list[dict], node_stack: Stack):
     """Results are not routed back: counts and jobs stay put well past every timer."""
     before = node_stack.statistics()
@@ -144,6 +157,9 @@ def test_node_is_correct_under_per_instance_routing(instance_routed_stack: Stack
     for study in studies:
         counts = {kind: len(ids) for kind, ids in study["results"].items()}
         assert counts == {"sr": 1, "seg": 1, "sc": 1}, counts
+    # Per-instance routing may split a series: Orthanc must not be a whole-series sender.
+    log = stack.log("hippo-scp")
+    assert "whole-series release" not in log and "reported without the" not in log
 
 
 def test_demo_script_end_to_end(tmp_path: Path):
