@@ -138,14 +138,18 @@ def micro(quick: bool) -> dict:
     fast = per_association_contexts(contexts)  # what the node has used since 2026-11-28
     out["deepcopy_contexts_cheap_copy"] = _time_op(lambda: copy.deepcopy(fast), number, repeat)
 
-    def encode_rsp() -> None:
+    def store_response() -> C_STORE:
+        """The response primitive pynetdicom's Storage SCP builds for a stored instance."""
         rsp = C_STORE()
         rsp.MessageIDBeingRespondedTo = 7
         rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
         rsp.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.12345678901234567890123456789"
         rsp.Status = 0x0000
+        return rsp
+
+    def encode_rsp() -> None:
         msg = C_STORE_RSP()
-        msg.primitive_to_message(rsp)
+        msg.primitive_to_message(store_response())
         list(msg.encode_msg(1, 131072))
 
     saved = (config.settings.reading_validation_mode, config.settings.writing_validation_mode)
@@ -161,12 +165,7 @@ def micro(quick: bool) -> dict:
 
     def encode_rsp_node() -> None:
         """What the node sends instead (network/store_response.py): same bytes."""
-        rsp = C_STORE()
-        rsp.MessageIDBeingRespondedTo = 7
-        rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
-        rsp.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.12345678901234567890123456789"
-        rsp.Status = 0x0000
-        _plain_store_response(rsp)
+        _plain_store_response(store_response())
 
     out["c_store_rsp_encode_node_fast_path"] = _time_op(encode_rsp_node, number, repeat)
 
