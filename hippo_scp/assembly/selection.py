@@ -55,6 +55,7 @@ from pydicom.uid import (
 )
 
 from hippo_scp import MANUFACTURER, SOFTWARE_NAME
+from hippo_scp.assembly.headers import number_of_frames
 
 logger = logging.getLogger(__name__)
 
@@ -288,11 +289,7 @@ class SeriesSelector:
             return SelectionDecision(
                 True, rule.name, f"attributes match; slice count (>= {minimum}) not yet known"
             )
-        try:
-            frames = max(1, int(ds.get("NumberOfFrames") or 1))
-        except (TypeError, ValueError):
-            frames = 1
-        slices = instance_count * frames
+        slices = instance_count * number_of_frames(ds)
         if slices < minimum:
             return SelectionDecision(
                 False, rule.name, f"rule matched but {slices} slice(s) < minimum {minimum}"

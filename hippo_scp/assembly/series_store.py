@@ -55,11 +55,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from io import BytesIO
 
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
 from pydicom.uid import UID
+
+from hippo_scp.assembly.headers import NUMBER_OF_FRAMES, number_of_frames, read_header
 
 LOGGER = logging.getLogger(__name__)
 
@@ -72,13 +72,6 @@ _GENERATIONS = itertools.count(1)
 def series_label(series_uid: str) -> str:
     """A short, stable, non-identifying name for a series in logs (hash of its UID)."""
     return "s-" + hashlib.sha256(series_uid.encode("ascii", "replace")).hexdigest()[:10]
-
-
-def _frames(header: Dataset) -> int:
-    try:
-        return max(1, int(header.get("NumberOfFrames") or 1))
-    except (TypeError, ValueError):
-        return 1
 
 
 class StoreOutcome(enum.Enum):
@@ -105,25 +98,16 @@ class ReceivedInstance:
     frames: int | None = 1
 
 
-_NUMBER_OF_FRAMES = 0x00280008
-
-
 def _instance_frames(instance: ReceivedInstance) -> int:
     """NumberOfFrames of a held instance; parsed from its bytes when the receiver did not
     read that far (it stops after the Series Instance UID for series it already knows)."""
     if instance.frames is not None:
         return instance.frames
-    syntax = UID(instance.transfer_syntax)
     try:
-        header = read_dataset(
-            BytesIO(instance.data),
-            syntax.is_implicit_VR,
-            syntax.is_little_endian,
-            stop_when=lambda tag, vr, length: int.__gt__(tag, _NUMBER_OF_FRAMES),
-        )
+        header = read_header(instance.data, UID(instance.transfer_syntax), through=NUMBER_OF_FRAMES)
     except Exception:  # noqa: BLE001 - a header the receiver could parse once; be safe
         return 1
-    return _frames(header)
+    return number_of_frames(header)
 
 
 @dataclass(slots=True)
@@ -275,12 +259,12 @@ class SeriesStore:
                 self._ignored.move_to_end(key)
                 return StoreOutcome.IGNORED
             entry = self._entries.get(key)
-            frames: int | None = None if full_header is not None else _frames(header)
+            frames: int | None = None if full_header is not None else number_of_frames(header)
             if entry is None:
                 # Decide on the first instance; decide() only reads header attributes.
                 if full_header is not None:
                     header = full_header()
-                    frames = _frames(header)
+                    frames = number_of_frames(header)
                 if not self._decide(header):
                     self._ignored[key] = None
                     while len(self._ignored) > self._settings.max_remembered_series:

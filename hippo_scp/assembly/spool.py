@@ -72,6 +72,7 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
+from hippo_scp.assembly.headers import number_of_frames, read_header
 from hippo_scp.assembly.series_store import ReceivedInstance, SeriesKey, series_label
 
 if TYPE_CHECKING:
@@ -80,7 +81,6 @@ if TYPE_CHECKING:
 LOGGER = logging.getLogger(__name__)
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
-_PIXEL_DATA = 0x7FE00010
 
 
 def series_folder_name(key: SeriesKey) -> str:
@@ -108,10 +108,6 @@ def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax:
     return _PREAMBLE + buffer.getvalue()
 
 
-def _before_pixel_data(tag, vr, length) -> bool:  # noqa: ANN001 - pydicom callback
-    return tag >= _PIXEL_DATA
-
-
 def read_spooled(path: Path) -> tuple[ReceivedInstance, Dataset]:
     """Read a spooled file back: the instance (bytes as received) and its header."""
     raw = path.read_bytes()
@@ -123,20 +119,14 @@ def read_spooled(path: Path) -> tuple[ReceivedInstance, Dataset]:
     meta = read_dataset(BytesIO(raw[132:start]), is_implicit_VR=False, is_little_endian=True)
     ts = UID(str(meta.TransferSyntaxUID))
     data = raw[start:]
-    header = read_dataset(
-        BytesIO(data), ts.is_implicit_VR, ts.is_little_endian, stop_when=_before_pixel_data
-    )
-    try:
-        frames = max(1, int(header.get("NumberOfFrames") or 1))
-    except (TypeError, ValueError):
-        frames = 1
+    header = read_header(data, ts)
     instance = ReceivedInstance(
         sop_instance_uid=str(meta.MediaStorageSOPInstanceUID),
         sop_class_uid=str(meta.MediaStorageSOPClassUID),
         transfer_syntax=str(ts),
         data=data,
         received_at=time.monotonic(),
-        frames=frames,
+        frames=number_of_frames(header),
     )
     return instance, header
 
