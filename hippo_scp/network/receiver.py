@@ -48,7 +48,7 @@ from hippo_scp.config import AccessSection, NodeConfig
 from hippo_scp.logging_setup import PATIENT_GUARD, audit_event
 from hippo_scp.network.event_reactor import install_event_driven_reactors
 from hippo_scp.network.presentation import per_association_contexts, supported_contexts
-from hippo_scp.network.socket_tuning import disable_nagle, install_quick_ack
+from hippo_scp.network.socket_tuning import disable_nagle, install_pdu_read_tuning
 from hippo_scp.network.store_response import use_fast_store_responses
 from hippo_scp.network.tls import server_context
 
@@ -202,7 +202,8 @@ class StorageReceiver:
 
     def _build_ae(self) -> AE:
         node = self._config.node
-        install_quick_ack()  # senders with Nagle on (dcmtk defaults) are not throttled by us
+        # quick ACKs (senders with Nagle on are not throttled by us) and whole-PDU reads
+        install_pdu_read_tuning()
         install_event_driven_reactors()  # no 1 ms polling between a message and its answer
         ae = AE(ae_title=node.ae_title)
         ae.supported_contexts = supported_contexts()

@@ -65,7 +65,7 @@ def read_exactly(sock: socket.socket, nr_bytes: int) -> bytearray:
     return buffer
 
 
-def install_quick_ack() -> bool:
+def install_pdu_read_tuning() -> bool:
     """Wrap ``AssociationSocket.recv`` (once per process) so every PDU read re-arms
     ``TCP_QUICKACK`` and reads with :func:`read_exactly`; returns whether quick ACKs are on.
 

@@ -13,7 +13,7 @@ from pynetdicom import AE, evt, transport
 from pynetdicom.sop_class import Verification
 
 from hippo_scp.network import socket_tuning
-from hippo_scp.network.socket_tuning import disable_nagle, install_quick_ack, read_exactly
+from hippo_scp.network.socket_tuning import disable_nagle, install_pdu_read_tuning, read_exactly
 
 linux_only = pytest.mark.skipif(
     not hasattr(socket, "TCP_QUICKACK") or not sys.platform.startswith("linux"),
@@ -31,8 +31,8 @@ class _Holder:
 @linux_only
 def test_every_pdu_read_rearms_quick_ack(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HIPPO_TCP_QUICKACK", raising=False)
-    assert install_quick_ack()
-    assert install_quick_ack()  # idempotent: wrapped once
+    assert install_pdu_read_tuning()
+    assert install_pdu_read_tuning()  # idempotent: wrapped once
     server = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(server.getsockname())
     accepted, _ = server.accept()
@@ -113,7 +113,7 @@ def test_whole_pdu_read_returns_what_came_before_the_peer_closed() -> None:
 def test_announced_giant_pdu_is_not_preallocated(monkeypatch: pytest.MonkeyPatch) -> None:
     """The length comes from the peer: above the bound the read falls back to pynetdicom's
     way, whose buffer grows only with the data actually received."""
-    install_quick_ack()
+    install_pdu_read_tuning()
     calls: list[int] = []
     monkeypatch.setattr(socket_tuning, "read_exactly", lambda sock, n: calls.append(n) or b"")
     reader, writer = socket.socketpair()
