@@ -101,24 +101,13 @@ def test_pynetdicom_error_flood_is_capped(log_stream) -> None:
 def test_pynetdicom_message_dumps_are_built_only_at_debug(log_stream, level, bound) -> None:
     """pynetdicom's standard handlers format every PDU and DIMSE message (and copy each
     C-STORE data set); below DEBUG nobody reads that text, so they must not be bound."""
-    from pynetdicom import AE, evt
+    from pynetdicom import evt
     from pynetdicom._handlers import standard_pdu_recv_handler
-    from pynetdicom.sop_class import Verification
+
+    from tests.network.conftest import verification_association
 
     configure_logging(level, "text", stream=log_stream, audit_log=None)
-    scp = AE(ae_title="LOGSCP")
-    scp.add_supported_context(Verification)
-    server = scp.start_server(("127.0.0.1", 0), block=False)
-    try:
-        scu = AE(ae_title="LOGSCU")
-        scu.add_requested_context(Verification)
-        assoc = scu.associate("127.0.0.1", server.server_address[1], ae_title="LOGSCP")
-        assert assoc.is_established
-        try:
-            handlers = [h for h, _ in assoc.get_handlers(evt.EVT_PDU_RECV)]
-            assert (standard_pdu_recv_handler in handlers) is bound
-            assert assoc.send_c_echo().Status == 0x0000
-        finally:
-            assoc.release()
-    finally:
-        server.shutdown()
+    with verification_association() as assoc:
+        handlers = [h for h, _ in assoc.get_handlers(evt.EVT_PDU_RECV)]
+        assert (standard_pdu_recv_handler in handlers) is bound
+        assert assoc.send_c_echo().Status == 0x0000

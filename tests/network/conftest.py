@@ -6,6 +6,7 @@ is driven with the real dcmtk tools (echoscu, storescu): what a hospital would d
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from pydicom.dataset import Dataset
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, Association, evt
 from pynetdicom.sop_class import Verification
 
 from hippo_scp.config import DEFAULT_WEIGHTS_PATH
@@ -48,6 +49,33 @@ def wait_until(predicate: Callable[[], object], timeout: float, step: float = 0.
             return True
         time.sleep(step)
     return bool(predicate())
+
+
+@contextlib.contextmanager
+def verification_association(
+    evt_handlers: list | None = None, dimse_timeout: float | None = None
+) -> Iterator[Association]:
+    """An established association (calling AE HIPPOAI) to a throwaway pynetdicom
+    Verification SCP on loopback; released (if still up) and the SCP shut down afterwards."""
+    scp = AE(ae_title="ECHOSCP")
+    scp.add_supported_context(Verification)
+    server = scp.start_server(("127.0.0.1", 0), block=False)
+    try:
+        scu = AE(ae_title="HIPPOAI")
+        scu.add_requested_context(Verification)
+        if dimse_timeout is not None:
+            scu.dimse_timeout = dimse_timeout
+        assoc = scu.associate(
+            "127.0.0.1", server.server_address[1], ae_title="ECHOSCP", evt_handlers=evt_handlers
+        )
+        assert assoc.is_established
+        try:
+            yield assoc
+        finally:
+            if assoc.is_established:
+                assoc.release()
+    finally:
+        server.shutdown()
 
 
 def require_dcmtk() -> None:

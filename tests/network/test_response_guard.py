@@ -11,13 +11,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_ECHO
 from pynetdicom.sop_class import Verification
 
 from hippo_scp.network.event_reactor import MAX_WAIT_S
 from hippo_scp.network.response_guard import keep_responses_for_caller
+from tests.network.conftest import verification_association
 
 ECHO_SUCCESS = 0x0000
 
@@ -25,20 +25,8 @@ ECHO_SUCCESS = 0x0000
 @pytest.fixture
 def association() -> Iterator[Association]:
     """An established association to a pynetdicom Verification SCP on loopback."""
-    scp = AE(ae_title="ECHOSCP")
-    scp.add_supported_context(Verification)
-    server = scp.start_server(("127.0.0.1", 0), block=False)
-    scu = AE(ae_title="HIPPOAI")
-    scu.add_requested_context(Verification)
-    scu.dimse_timeout = 1
-    assoc = scu.associate("127.0.0.1", server.server_address[1], ae_title="ECHOSCP")
-    assert assoc.is_established
-    try:
+    with verification_association(dimse_timeout=1) as assoc:
         yield assoc
-    finally:
-        if assoc.is_established:
-            assoc.release()
-        server.shutdown()
 
 
 def _replay_race(assoc: Association) -> int | None:

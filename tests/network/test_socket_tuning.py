@@ -9,11 +9,11 @@ import threading
 import time
 
 import pytest
-from pynetdicom import AE, evt, transport
-from pynetdicom.sop_class import Verification
+from pynetdicom import evt, transport
 
 from hippo_scp.network import socket_tuning
 from hippo_scp.network.socket_tuning import disable_nagle, install_pdu_read_tuning, read_exactly
+from tests.network.conftest import verification_association
 
 linux_only = pytest.mark.skipif(
     not hasattr(socket, "TCP_QUICKACK") or not sys.platform.startswith("linux"),
@@ -50,22 +50,8 @@ def test_every_pdu_read_rearms_quick_ack(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def _nodelay_of_requested_association(handlers: list) -> int:
     """TCP_NODELAY of the socket pynetdicom connects for an association we request."""
-    scp = AE(ae_title="ECHOSCP")
-    scp.add_supported_context(Verification)
-    server = scp.start_server(("127.0.0.1", 0), block=False)
-    try:
-        scu = AE(ae_title="HIPPOAI")
-        scu.add_requested_context(Verification)
-        assoc = scu.associate(
-            "127.0.0.1", server.server_address[1], ae_title="ECHOSCP", evt_handlers=handlers
-        )
-        assert assoc.is_established
-        try:
-            return assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-        finally:
-            assoc.release()
-    finally:
-        server.shutdown()
+    with verification_association(evt_handlers=handlers) as assoc:
+        return assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 @linux_only
