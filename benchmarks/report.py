@@ -136,6 +136,8 @@ def end_to_end(data: dict) -> list[str]:
     title = "End to end through Orthanc"
     if routed:
         title += f", Orthanc routing only {routed_text}"
+    if data.get("whole_series_senders") == []:  # recorded since the option exists
+        title += ", with the node's release grace for Orthanc (--with-grace)"
     lines = _header(data, title)
     cold = data.get("cold_first_study") or {}
     lines += [
@@ -380,6 +382,7 @@ def render(results: Path) -> str:
         ("ingest", ingest),
         ("end_to_end", end_to_end),
         ("end_to_end_routed", end_to_end),
+        ("end_to_end_routed_with_grace", end_to_end),
         ("inference", inference),
         ("inference_backends", inference_backends),
         ("memory", memory),
