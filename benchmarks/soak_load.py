@@ -118,6 +118,8 @@ class SendRecord:
     returncode: int
     refused: bool
     failed_instances: int
+    #: storescu's last output lines when the send did not succeed (why: reject reason, status)
+    diagnostics: str = ""
 
 
 @dataclass
@@ -214,11 +216,12 @@ def run_load(
             name = names[k % len(names)]
             k += 1
             started = time.monotonic()
-            code, refused, failed, _ = storescu_once(
+            code, refused, failed, output = storescu_once(
                 port, studies[name], calling=f"{calling_prefix}{index:02d}"
             )
+            diagnostics = output[-600:] if code or refused or failed else ""
             record = SendRecord(index, name, started - t0, time.monotonic() - started,
-                                code, refused, failed)  # fmt: skip
+                                code, refused, failed, diagnostics)  # fmt: skip
             with lock:
                 report.records.append(record)
             if on_record:

@@ -50,7 +50,7 @@ from pynetdicom.sop_class import Verification  # noqa: E402
 from hippo_scp import MANUFACTURER, SOFTWARE_NAME, __version__  # noqa: E402
 from hippo_scp.assembly.selection import ANALYSABLE_SOP_CLASSES  # noqa: E402
 from hippo_scp.config import NodeConfig  # noqa: E402
-from hippo_scp.network import presentation, receiver, sender  # noqa: E402
+from hippo_scp.network import association_limit, presentation, receiver, sender  # noqa: E402
 from hippo_scp.outputs import identity  # noqa: E402
 
 TARGET = DOCS_DIR / "conformance.md"
@@ -269,9 +269,10 @@ def block_reject_reasons() -> str:
             ),
             _reject(
                 "Too many associations",
-                (0x02, 0x03, 0x02),
+                association_limit.LOCAL_LIMIT_EXCEEDED,
                 "local-limit-exceeded",
-                "more than `node.max_associations` associations are open",
+                "`node.max_associations` associations are in service; an association stops "
+                "counting when its A-RELEASE-RP is sent, or it is aborted",
             ),
         ],
     )

@@ -46,6 +46,11 @@ from hippo_scp.assembly.series_store import SeriesStore, StoreOutcome, series_la
 from hippo_scp.assembly.spool import Spool
 from hippo_scp.config import AccessSection, NodeConfig
 from hippo_scp.logging_setup import PATIENT_GUARD, audit_event
+from hippo_scp.network.association_limit import (
+    LOCAL_LIMIT_EXCEEDED,
+    AssociationLimit,
+    thread_backstop,
+)
 from hippo_scp.network.event_reactor import install_event_driven_reactors
 from hippo_scp.network.presentation import per_association_contexts, supported_contexts
 from hippo_scp.network.socket_tuning import disable_nagle, install_pdu_read_tuning
@@ -194,6 +199,7 @@ class StorageReceiver:
         #: ids of associations whose end is audited (bounded: only recent ones matter)
         self._ended: deque[int] = deque(maxlen=4096)
         self._policy = AccessPolicy.from_config(config.node.ae_title, config.access)
+        self._limit = AssociationLimit(config.node.max_associations)
         #: parse headers of known series only up to the Series Instance UID (_parse_header);
         #: HIPPO_SHORT_HEADERS=0 parses every header up to Pixel Data (for comparisons)
         self._short_headers = os.environ.get("HIPPO_SHORT_HEADERS", "1") != "0"
@@ -208,7 +214,9 @@ class StorageReceiver:
         ae = AE(ae_title=node.ae_title)
         ae.supported_contexts = supported_contexts()
         ae.maximum_pdu_size = node.max_pdu_bytes
-        ae.maximum_associations = node.max_associations
+        # node.max_associations is enforced in EVT_REQUESTED (AssociationLimit); pynetdicom's
+        # thread count would also count associations that are over but whose thread lingers
+        ae.maximum_associations = thread_backstop(node.max_associations)
         ae.acse_timeout = node.acse_timeout_s
         ae.dimse_timeout = node.dimse_timeout_s
         ae.network_timeout = node.network_timeout_s
@@ -297,6 +305,12 @@ class StorageReceiver:
         calling, address, port = _peer(assoc)
         called = str(getattr(assoc.requestor.primitive, "called_ae_title", "") or "").strip()
         decision = self._policy.check(calling, called, address)
+        if decision.allowed and not self._limit.admit(assoc):
+            decision = AccessDecision(
+                False,
+                f"node.max_associations ({self._limit.maximum}) in service",
+                LOCAL_LIMIT_EXCEEDED,
+            )
         if decision.allowed:
             return
         assert decision.reject is not None
@@ -334,11 +348,12 @@ class StorageReceiver:
         )
 
     def _on_rejected(self, event: evt.Event) -> None:
-        """pynetdicom's own rejections; the only one left on is max_associations."""
+        """pynetdicom's own rejections; the only one left on is its thread count backstop
+        (:func:`~hippo_scp.network.association_limit.thread_backstop`)."""
         calling, address, port = _peer(event.assoc)
         LOGGER.warning(
-            "association rejected: node.max_associations (%d) reached (calling %r, from %s)",
-            self._config.node.max_associations,
+            "association rejected: %d association threads still running (calling %r, from %s)",
+            self.ae.maximum_associations,
             calling,
             address,
         )
@@ -348,7 +363,7 @@ class StorageReceiver:
             peer_address=address,
             peer_port=port,
             outcome="rejected",
-            reason="maximum number of associations reached",
+            reason="association thread limit reached",
         )
 
     def _on_c_echo(self, event: evt.Event) -> int:

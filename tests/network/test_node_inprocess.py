@@ -408,3 +408,61 @@ def test_whole_series_sender_gets_results_without_the_release_grace(start_node, 
     delivered = [r.getMessage() for r in caplog.records if "results delivered" in r.getMessage()]
     assert any("trigger whole-series release" in m for m in delivered), delivered
     assert any("trigger release" in m for m in delivered), delivered
+
+
+def _verification_association(port: int, calling: str = "STORESCU"):
+    scu = AE(ae_title=calling)
+    scu.add_requested_context(Verification)
+    assoc = scu.associate("127.0.0.1", port, ae_title="HIPPOAI")
+    keep_responses_for_caller(assoc)
+    return assoc
+
+
+def test_associations_over_the_maximum_are_rejected_transient_local_limit(
+    start_node, caplog
+) -> None:
+    """node.max_associations in service: the next one is refused with the reject senders
+    retry on (transient, local-limit-exceeded); once one is released a new one is accepted."""
+    node = start_node(node={"max_associations": 2})
+    port = node.config.node.port
+    first, second = (_verification_association(port) for _ in range(2))
+    try:
+        assert first.is_established and second.is_established
+        with caplog.at_level(logging.WARNING, logger="hippo_scp"):
+            third = _verification_association(port, calling="THIRD")
+        assert third.is_rejected
+        rejection = third.acceptor.primitive
+        assert (rejection.result, rejection.result_source, rejection.diagnostic) == (2, 3, 2)
+        assert "node.max_associations (2) in service (calling 'THIRD'" in caplog.text
+        assert second.send_c_echo().Status == 0x0000  # the others keep being served
+        first.release()
+        fourth = _verification_association(port)
+        assert fourth.is_established
+        fourth.release()
+    finally:
+        second.release()
+
+
+def test_a_sender_reconnecting_right_after_its_release_is_not_refused(start_node) -> None:
+    """storescu in a loop, Orthanc's router: A-RELEASE-RP, close, next association at once.
+    The node's release handling (filing the series) still runs on the old association's thread
+    then; that association no longer counts against node.max_associations."""
+    node = start_node(node={"max_associations": 1})
+    port = node.config.node.port
+    store = node.receiver._store
+    filed_slowly = threading.Event()
+    original = store.association_released
+
+    def slow_release(*args, **kwargs):
+        time.sleep(3.0)  # a busy node: the old thread lingers well past the next request
+        filed_slowly.set()
+        return original(*args, **kwargs)
+
+    store.association_released = slow_release
+    for _ in range(3):
+        assoc = _verification_association(port)
+        assert assoc.is_established, "refused while the previous association winds down"
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+    assert not filed_slowly.is_set()  # the associations overlapped the slow release handling
+    assert wait_until(filed_slowly.is_set, 10)

@@ -1,0 +1,74 @@
+"""AssociationLimit: what counts against node.max_associations (no network; fake associations
+with the attributes pynetdicom's Association has)."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from hippo_scp.network.association_limit import AssociationLimit, thread_backstop
+
+
+class FakeAssociation:
+    def __init__(self, state: str = "Sta6") -> None:
+        self.alive = True
+        self.is_released = self.is_aborted = self.is_rejected = False
+        self.dul = SimpleNamespace(state_machine=SimpleNamespace(current_state=state))
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+
+def test_admits_up_to_the_maximum() -> None:
+    limit = AssociationLimit(2)
+    held = [FakeAssociation(), FakeAssociation()]
+    assert all(limit.admit(a) for a in held)
+    assert not limit.admit(FakeAssociation())
+    assert limit.in_service() == 2
+
+
+@pytest.mark.parametrize(
+    "finish",
+    [
+        lambda a: setattr(a, "is_released", True),
+        lambda a: setattr(a, "is_aborted", True),
+        lambda a: setattr(a, "is_rejected", True),
+        lambda a: setattr(a, "alive", False),
+        lambda a: setattr(a.dul.state_machine, "current_state", "Sta13"),  # A-RELEASE-RP sent
+        lambda a: setattr(a.dul.state_machine, "current_state", "Sta1"),  # connection closed
+    ],
+    ids=["released", "aborted", "rejected", "thread ended", "awaiting close", "closed"],
+)
+def test_a_finished_association_frees_its_slot_at_once(finish) -> None:
+    limit = AssociationLimit(1)
+    old, new = FakeAssociation(), FakeAssociation()
+    assert limit.admit(old)
+    assert not limit.admit(new)
+    finish(old)  # its thread may well still be running (EVT_RELEASED handlers, DUL join)
+    assert limit.admit(new)
+
+
+def test_requests_arriving_together_cannot_share_the_last_slot() -> None:
+    limit = AssociationLimit(3)
+    start = threading.Barrier(16)
+    admitted: list[bool] = []
+    associations = [FakeAssociation() for _ in range(16)]  # alive: referenced, like threads
+
+    def request(assoc: FakeAssociation) -> None:
+        start.wait()
+        admitted.append(limit.admit(assoc))
+
+    threads = [threading.Thread(target=request, args=(a,)) for a in associations]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert admitted.count(True) == 3
+
+
+def test_invalid_maximum_and_backstop() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        AssociationLimit(0)
+    assert thread_backstop(16) > 16
