@@ -565,17 +565,21 @@ def start_orthanc(
     nodelay: bool = True,
     timeout: float = 60,
     route_series: list[str] | None = None,
+    routing_script: str = "route_dicoms.lua",
+    association_close_delay: int | None = None,
 ) -> Orthanc:
     """Orthanc with the project's template: ``hippoai`` -> the node, ``scanner`` = STORESCU.
 
-    ``routing``: load ``deploy_scripts/route_dicoms.lua`` (OnStableSeries -> node);
-    ``route_series``: its ``HippoScp.RouteSeriesDescriptions`` (None: every image series).
+    ``routing``: load ``deploy_scripts/<routing_script>`` (``route_dicoms.lua``: OnStableSeries
+    -> node; ``route_dicoms_per_instance.lua``: OnStoredInstance -> node); ``route_series``:
+    ``HippoScp.RouteSeriesDescriptions`` (None: every image series);
+    ``association_close_delay``: ``DicomAssociationCloseDelay`` (None: 1, common.sh's default).
     Started with ``TCP_NODELAY=1`` unless ``nodelay`` is False.
     """
     http_port, dicom_port = free_port(), free_port()
     storage = work / "orthanc-storage"
     storage.mkdir(parents=True, exist_ok=True)
-    lua = DEPLOY / "route_dicoms.lua"
+    lua = DEPLOY / routing_script
     values = {
         "ORTHANC_STORAGE_DIR": str(storage),
         "ORTHANC_PLUGIN_DIR": str(ORTHANC_PLUGIN_DIR),
@@ -589,6 +593,9 @@ def start_orthanc(
         "HIPPO_PORT": str(node_port),
         "SCANNER_AET": SCANNER_AET,
         "ORTHANC_STABLE_AGE": str(stable_age),
+        "ORTHANC_ASSOCIATION_CLOSE_DELAY": str(
+            1 if association_close_delay is None else association_close_delay
+        ),
         "HIPPO_ROUTE_SERIES_JSON": json.dumps(route_series or []),
     }
     template = DEPLOY / "orthanc.json.template"

@@ -42,6 +42,14 @@ STEPS: dict[str, tuple[str, list[str], list[str], int, int]] = {
         1200,
         300,
     ),
+    # ... and routing each HippoCrop instance as Orthanc stores it (route_dicoms_per_instance.lua)
+    "end_to_end_routed_per_instance": (
+        "bench_end_to_end.py",
+        ["--route-series", "HippoCrop", "--routing", "instance"],
+        ["--route-series", "HippoCrop", "--routing", "instance"],
+        1200,
+        300,
+    ),
     "inference": ("bench_inference.py", [], [], 1200, 300),
     "memory": ("bench_memory.py", [], [], 900, 400),
     "throughput": ("bench_throughput.py", [], [], 2400, 600),

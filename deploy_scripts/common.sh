@@ -12,6 +12,9 @@
 #   ORTHANC_STABLE_AGE   seconds without new instance before a series is "stable" (2)
 #   ORTHANC_ROUTING      series (route_dicoms.lua), instance (route_dicoms_per_instance.lua)
 #                        or none (no routing script) (series)
+#   ORTHANC_ASSOCIATION_CLOSE_DELAY  seconds Orthanc keeps an idle outgoing association open;
+#                        with ORTHANC_ROUTING=instance the node sees the release (and starts
+#                        its release grace) this long after the last routed instance (1)
 #   ORTHANC_STORAGE_DIR  Orthanc's storage + index folder ($HIPPO_RUN_DIR/orthanc-storage)
 #   HIPPO_ROUTE_SERIES   route_dicoms.lua sends only series with one of these comma-separated
 #                        SeriesDescriptions (any case), e.g. HippoCrop; empty = every image
@@ -38,6 +41,7 @@ export DEPLOY_DIR REPO_ROOT
 : "${ORTHANC_HTTP_PORT:=8042}"
 : "${ORTHANC_STABLE_AGE:=2}"
 : "${ORTHANC_ROUTING:=series}"
+: "${ORTHANC_ASSOCIATION_CLOSE_DELAY:=1}"
 : "${ORTHANC_STORAGE_DIR:=$HIPPO_RUN_DIR/orthanc-storage}"
 : "${HIPPO_ROUTE_SERIES:=}"
 : "${ORTHANC_BIN:=/usr/sbin/Orthanc}"
@@ -57,7 +61,7 @@ export DEPLOY_DIR REPO_ROOT
 mkdir -p "$HIPPO_RUN_DIR"
 HIPPO_RUN_DIR="$(cd "$HIPPO_RUN_DIR" && pwd)"
 export HIPPO_RUN_DIR ORTHANC_AET ORTHANC_HOST ORTHANC_DICOM_PORT ORTHANC_HTTP_PORT \
-  ORTHANC_STABLE_AGE ORTHANC_ROUTING ORTHANC_STORAGE_DIR ORTHANC_BIN ORTHANC_PLUGIN_DIR \
+  ORTHANC_STABLE_AGE ORTHANC_ROUTING ORTHANC_ASSOCIATION_CLOSE_DELAY ORTHANC_STORAGE_DIR ORTHANC_BIN ORTHANC_PLUGIN_DIR \
   HIPPO_ROUTE_SERIES HIPPO_AET HIPPO_HOST HIPPO_PORT HIPPO_SETTLE HIPPO_CONFIG SCANNER_AET OHIF_PORT OHIF_BIND \
   OHIF_DIST READY_TIMEOUT VENV
 

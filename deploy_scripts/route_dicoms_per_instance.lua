@@ -13,6 +13,41 @@ local TARGET = 'hippoai'
 local OWN_MANUFACTURER = 'hippo-scp'
 local NON_IMAGE_MODALITIES = { SR = true, SEG = true, KO = true, PR = true, RTSTRUCT = true }
 
+-- Same series filter as route_dicoms.lua: orthanc.json "HippoScp": {"RouteSeriesDescriptions":
+-- [...]}, compared case-insensitively after trimming spaces; empty or absent: every image.
+local function Normalised(description)
+  return string.lower((description or ''):match('^%s*(.-)%s*$'))
+end
+
+local function RoutedDescriptions()
+  local ok, configuration = pcall(GetOrthancConfiguration)
+  if not ok or type(configuration) ~= 'table' or type(configuration['HippoScp']) ~= 'table' then
+    return nil
+  end
+  local listed = configuration['HippoScp']['RouteSeriesDescriptions']
+  if type(listed) ~= 'table' or next(listed) == nil then
+    return nil
+  end
+  local wanted = {}
+  for _, description in pairs(listed) do
+    wanted[Normalised(description)] = true
+  end
+  return wanted
+end
+
+local ROUTED_DESCRIPTIONS = RoutedDescriptions()
+if ROUTED_DESCRIPTIONS == nil then
+  print('route_dicoms_per_instance: routing every image instance to ' .. TARGET)
+else
+  local names = {}
+  for name, _ in pairs(ROUTED_DESCRIPTIONS) do
+    table.insert(names, name)
+  end
+  table.sort(names)
+  print('route_dicoms_per_instance: routing only instances of series described as (any case) '
+        .. table.concat(names, ', ') .. ' to ' .. TARGET)
+end
+
 local targetAet = nil
 
 local function TargetAet()
@@ -34,6 +69,9 @@ function OnStoredInstance(instanceId, tags, metadata, origin)
     return
   end
   if NON_IMAGE_MODALITIES[tags['Modality'] or ''] then
+    return
+  end
+  if ROUTED_DESCRIPTIONS ~= nil and not ROUTED_DESCRIPTIONS[Normalised(tags['SeriesDescription'])] then
     return
   end
   local nodeAet = TargetAet()

@@ -1,4 +1,4 @@
-"""CI smoke tests of the benchmarks: quick ingest and the send probe still run.
+"""CI smoke tests of the benchmarks: quick ingest, the send probe and end to end still run.
 
 One repetition of a tiny study (Study1's HippoCrop series, 32 instances) into dcmtk storescp
 and into the node, as installed and with TCP_NODELAY=1, no Orthanc; it checks the JSON has the
@@ -111,3 +111,30 @@ def test_send_probe_smoke(data_dir: Path) -> None:
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(row) == {"associate_ms", "c_store_ms", "release_ms"}
     assert all(value > 0 for value in row.values())
+
+
+def test_end_to_end_per_instance_quick_smoke(tmp_path: Path, data_dir: Path) -> None:
+    """bench_end_to_end.py with per-instance routing (one cold + one measured study through a
+    real Orthanc) still runs, routes HippoCrop in one association, and reports the fields the
+    report reads. Nothing about timings. ~15 s idle."""
+    _needs(data_dir)
+    if not Path("/usr/sbin/Orthanc").exists():
+        pytest.skip("Orthanc not installed")
+    out = tmp_path / "e2e.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    argv = [sys.executable, str(REPO / "benchmarks" / "bench_end_to_end.py"), "--quick",
+            "--routing", "instance", "--route-series", "HippoCrop", "--out", str(out),
+            "--work", str(tmp_path / "work"), "--timeout", "90"]  # fmt: skip
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+
+    assert data["routing"] == "instance" and data["route_series"] == ["HippoCrop"]
+    assert data["whole_series_senders"] == []  # per-instance routing may split a series
+    assert data["configured_wait_s"] == 2.0  # close delay 1 s + the node's release grace 1 s
+    run = next(r for r in data["runs"] if r["rep"] == 0)
+    assert run["sr_s"] > 0 and "beyond_configured_wait_s" in run, run
+    assert run["orthanc_associations"] == 1, run  # the 32 HippoCrop instances, one association
+    assert run["node_trigger"] == "release", run
+    assert data["sr_s"]["n"] == 1 and data["beyond_configured_wait_s"]["n"] == 1
