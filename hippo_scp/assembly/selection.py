@@ -347,3 +347,50 @@ __all__ = [
     "SeriesSelector",
     "is_own_output",
 ]
+
+
+#: ``regex`` conditions that spell one literal description: ``^Text$`` or ``(?i)^Text$``
+_LITERAL_PATTERN = re.compile(r"^(?:\(\?i\))?\^([A-Za-z0-9 _\-]+)\$$")
+
+
+def routed_series_descriptions(config: SelectionConfig) -> list[str] | None:
+    """SeriesDescriptions a router may limit itself to without hiding any series these rules
+    would analyse, or None when the rules do not allow such a list (route every image).
+
+    Used for Orthanc's ``HippoScp.RouteSeriesDescriptions`` (``hippo-scp route-filter``),
+    which compares trimmed descriptions case-insensitively: the list may let through more than
+    the node analyses (it selects again), never less. Every ``analyze`` rule must therefore
+    name its descriptions literally -- ``equals`` / ``iequals`` / ``one_of`` text, or a regex
+    that is one anchored literal such as ``(?i)^hippocrop$`` -- in a condition that is not
+    negated; ``skip`` rules only narrow what is analysed and do not matter.
+    """
+    descriptions: dict[str, str] = {}
+    for rule in config.rules:
+        if rule.action != "analyze":
+            continue
+        named: list[str] | None = None
+        for condition in rule.conditions:
+            if condition.attribute != "SeriesDescription" or condition.negate:
+                continue
+            literals = _description_literals(condition)
+            if literals is not None:
+                named = literals
+                break
+        if not named:
+            return None
+        for text in named:
+            descriptions.setdefault(text.strip().casefold(), text.strip())
+    return sorted(descriptions.values(), key=str.casefold) if descriptions else None
+
+
+def _description_literals(condition: Condition) -> list[str] | None:
+    if condition.iequals is not None:
+        return [condition.iequals]
+    if condition.equals is not None:
+        return [str(condition.equals)]
+    if condition.one_of is not None:
+        return [str(value) for value in condition.one_of]
+    if condition.regex is not None:
+        literal = _LITERAL_PATTERN.match(condition.regex)
+        return [literal.group(1)] if literal else None
+    return None

@@ -2,7 +2,8 @@
 
 Subcommands follow the product's jobs: ``serve`` (the DICOM node), ``analyze`` (the same
 pipeline on files, for validation and scripting), ``train`` and ``evaluate`` (the model),
-``config`` (check a configuration file without starting anything).
+``check-config`` (check a configuration file without starting anything), ``route-filter``
+(the series a PACS router must send, from the selection rules).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_SUBCOMMAND_MODULES = ("serve", "analyze", "train", "evaluate", "check_config")
+_SUBCOMMAND_MODULES = ("serve", "analyze", "train", "evaluate", "check_config", "route_filter")
 
 
 def _version_callback(value: bool) -> None:

@@ -24,6 +24,7 @@ from hippo_scp.assembly.selection import (
     SelectionRule,
     SeriesSelector,
     is_own_output,
+    routed_series_descriptions,
 )
 from tests.dicom_factory import TEST_VOLUMES_DIR, require_data, study_series_dirs
 
@@ -278,3 +279,56 @@ def test_every_decision_is_logged_at_debug_without_patient_identifiers(
     assert "not selected" in text and "selected by rule 'HippoCrop MR'" in text
     assert "value withheld" in text
     assert str(hippocrop.PatientName) not in text and str(hippocrop.PatientID) not in text
+
+
+# --------------------------------------------------------------------------- router filter
+def _rules(*rules: SelectionRule) -> SelectionConfig:
+    return SelectionConfig(rules=list(rules))
+
+
+def _description(**matcher) -> Condition:
+    return Condition(attribute="SeriesDescription", **matcher)
+
+
+def test_default_rules_route_only_hippocrop(hippocrop: Dataset) -> None:
+    """The shipped rule (regex (?i)^hippocrop$ and Modality MR) gives a one-name filter that
+    lets the real HippoCrop series through, compared the way route_dicoms*.lua compare."""
+    names = routed_series_descriptions(SelectionConfig())
+    assert names is not None and len(names) == 1
+    assert names[0].strip().lower() == str(hippocrop.SeriesDescription).strip().lower()
+
+
+def test_literal_matchers_of_every_analyze_rule_are_collected() -> None:
+    config = _rules(
+        SelectionRule(name="skip scouts", action="skip", conditions=[_description(regex="scout")]),
+        SelectionRule(name="a", conditions=[_description(iequals="Hippo T1")]),
+        SelectionRule(
+            name="b",
+            conditions=[
+                Condition(attribute="Modality", equals="MR"),
+                _description(one_of=["Cor_T1", "HIPPO T1"]),
+            ],
+        ),
+        SelectionRule(name="c", conditions=[_description(regex="^Sag_3D$")]),
+    )
+    assert routed_series_descriptions(config) == ["Cor_T1", "Hippo T1", "Sag_3D"]
+
+
+@pytest.mark.parametrize(
+    "conditions",
+    [
+        [],  # catch-all analyze rule
+        [Condition(attribute="Modality", equals="MR")],  # no description condition
+        [_description(regex="(?i)hippo")],  # a pattern, not one literal
+        [_description(regex="^hippo.*$")],
+        [_description(iequals="HippoCrop", negate=True)],  # everything but one name
+    ],
+    ids=["catch-all", "no-description", "substring-regex", "wildcard-regex", "negated"],
+)
+def test_rules_without_literal_descriptions_route_everything(conditions) -> None:
+    """A filter narrower than the rules would starve the node silently: rather none."""
+    config = _rules(
+        SelectionRule(name="named", conditions=[_description(iequals="HippoCrop")]),
+        SelectionRule(name="open", conditions=conditions),
+    )
+    assert routed_series_descriptions(config) is None

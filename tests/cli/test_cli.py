@@ -28,7 +28,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_help_lists_every_subcommand() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("serve", "analyze", "train", "evaluate", "check-config"):
+    for command in ("serve", "analyze", "train", "evaluate", "check-config", "route-filter"):
         assert command in result.stdout
 
 
@@ -83,3 +83,17 @@ def test_flags_override_the_config_file() -> None:
 def test_bad_destination_flag_names_the_flag() -> None:
     with pytest.raises(ConfigError, match="--destination"):
         build_serve_config(None, destinations=["nonsense"])
+
+
+def test_route_filter_prints_what_the_router_must_send(tmp_path: Path) -> None:
+    result = run_cli("route-filter", "--config", str(DEFAULT_CONFIG_PATH))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().lower() == "hippocrop"
+    catch_all = tmp_path / "all.yaml"
+    catch_all.write_text("selection:\n  rules:\n    - name: everything\n      action: analyze\n")
+    result = run_cli("route-filter", "--config", str(catch_all))
+    assert result.returncode == 0 and result.stdout.strip() == ""
+    assert "route every image series" in result.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("selection:\n  rules: 7\n")
+    assert run_cli("route-filter", "--config", str(broken)).returncode == 2
