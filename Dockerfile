@@ -40,6 +40,7 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["python", "-m", "pynetdicom", "echoscu", "-aet", "HEALTHCHECK", "-aec", "HIPPOAI", "127.0.0.1", "11112"]
 
 ENTRYPOINT ["hippo-scp", "serve", "--config", "/etc/hippo-scp/ae_config.yaml"]
-# --whole-series-sender: the compose stack's Orthanc routes each stable series whole
-# (route_dicoms.lua); drop it for a PACS that may split a series over associations.
-CMD ["--ae-title", "HIPPOAI", "--port", "11112", "--destination", "ORTHANC@orthanc:4242", "--settle", "3", "--whole-series-sender", "ORTHANC"]
+# Add "--whole-series-sender", "ORTHANC" when Orthanc routes stable series whole
+# (ORTHANC_ROUTING=series): results are then filed at the release, without the release grace.
+# The compose stack routes per instance (the default), which may split a series: no such flag.
+CMD ["--ae-title", "HIPPOAI", "--port", "11112", "--destination", "ORTHANC@orthanc:4242", "--settle", "3"]

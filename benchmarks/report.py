@@ -139,6 +139,8 @@ def end_to_end(data: dict) -> list[str]:
         title += f", Orthanc routing only {routed_text}"
     if per_instance:
         title += " per instance (route_dicoms_per_instance.lua)"
+        if routed:
+            title += " -- the deploy scripts' default"
     elif data.get("whole_series_senders") == []:  # recorded since the option exists
         title += ", with the node's release grace for Orthanc (--with-grace)"
     lines = _header(data, title)

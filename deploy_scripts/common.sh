@@ -10,15 +10,17 @@
 #   ORTHANC_DICOM_PORT   Orthanc's DICOM port (4242)
 #   ORTHANC_HTTP_PORT    Orthanc's HTTP port, REST + DICOMweb at /dicom-web (8042)
 #   ORTHANC_STABLE_AGE   seconds without new instance before a series is "stable" (2)
-#   ORTHANC_ROUTING      series (route_dicoms.lua), instance (route_dicoms_per_instance.lua)
-#                        or none (no routing script) (series)
+#   ORTHANC_ROUTING      instance (route_dicoms_per_instance.lua: each image forwarded as it is
+#                        stored), series (route_dicoms.lua: each series once Orthanc finds it
+#                        stable) or none (no routing script) (instance; docs/operations.md)
 #   ORTHANC_ASSOCIATION_CLOSE_DELAY  seconds Orthanc keeps an idle outgoing association open;
 #                        with ORTHANC_ROUTING=instance the node sees the release (and starts
 #                        its release grace) this long after the last routed instance (1)
 #   ORTHANC_STORAGE_DIR  Orthanc's storage + index folder ($HIPPO_RUN_DIR/orthanc-storage)
-#   HIPPO_ROUTE_SERIES   route_dicoms.lua sends only series with one of these comma-separated
+#   HIPPO_ROUTE_SERIES   Orthanc sends the node only series with one of these comma-separated
 #                        SeriesDescriptions (any case), e.g. HippoCrop; empty = every image
-#                        series, the node then selects by its own rules (empty)
+#                        series; auto = what `hippo-scp route-filter` derives from the node's
+#                        selection rules in $HIPPO_CONFIG (every series if they name none) (auto)
 #   HIPPO_AET            the node's AE title (HIPPOAI)
 #   HIPPO_HOST           address Orthanc uses to reach the node (127.0.0.1)
 #   HIPPO_PORT           the node's DICOM port (11112)
@@ -40,10 +42,10 @@ export DEPLOY_DIR REPO_ROOT
 : "${ORTHANC_DICOM_PORT:=4242}"
 : "${ORTHANC_HTTP_PORT:=8042}"
 : "${ORTHANC_STABLE_AGE:=2}"
-: "${ORTHANC_ROUTING:=series}"
+: "${ORTHANC_ROUTING:=instance}"
 : "${ORTHANC_ASSOCIATION_CLOSE_DELAY:=1}"
 : "${ORTHANC_STORAGE_DIR:=$HIPPO_RUN_DIR/orthanc-storage}"
-: "${HIPPO_ROUTE_SERIES:=}"
+: "${HIPPO_ROUTE_SERIES=auto}"  # set but empty: every image series
 : "${ORTHANC_BIN:=/usr/sbin/Orthanc}"
 : "${ORTHANC_PLUGIN_DIR:=/usr/share/orthanc/plugins}"
 : "${HIPPO_AET:=HIPPOAI}"
@@ -176,6 +178,24 @@ fail_if_port_busy() {
   fi
 }
 
+# resolve_route_series: HIPPO_ROUTE_SERIES=auto -> the SeriesDescriptions the node's selection
+# rules analyse (hippo-scp route-filter), so Orthanc's filter cannot drift from the node's rules.
+# Without the node installed (the Orthanc container) or config, auto routes every image series.
+resolve_route_series() {
+  [[ "$HIPPO_ROUTE_SERIES" == auto ]] || return 0
+  HIPPO_ROUTE_SERIES=""
+  if [[ -x "$VENV/bin/hippo-scp" && -f "$HIPPO_CONFIG" ]]; then
+    HIPPO_ROUTE_SERIES="$("$VENV/bin/hippo-scp" route-filter --config "$HIPPO_CONFIG" 2>/dev/null)" \
+      || die "hippo-scp route-filter --config $HIPPO_CONFIG failed (check-config says why)"
+  fi
+  if [[ -n "$HIPPO_ROUTE_SERIES" ]]; then
+    log "routing to $HIPPO_AET only series described as: $HIPPO_ROUTE_SERIES (from the selection rules of $HIPPO_CONFIG)"
+  else
+    log "routing every image series to $HIPPO_AET (HIPPO_ROUTE_SERIES=auto: no description list from $HIPPO_CONFIG)"
+  fi
+  export HIPPO_ROUTE_SERIES
+}
+
 # render_orthanc_config OUTPUT: orthanc.json from orthanc.json.template and the environment,
 # with the Lua routing script chosen by $ORTHANC_ROUTING (series | instance | none).
 render_orthanc_config() {
@@ -193,6 +213,7 @@ render_orthanc_config() {
   fi
   # Listen on every interface only when asked (docker-compose does); loopback otherwise.
   : "${ORTHANC_REMOTE_ACCESS:=false}"
+  resolve_route_series
   # HIPPO_ROUTE_SERIES "A, B" -> ["A", "B"] for HippoScp.RouteSeriesDescriptions
   HIPPO_ROUTE_SERIES_JSON="$(python3 -c 'import json, sys
 print(json.dumps([s.strip() for s in sys.argv[1].split(",") if s.strip()]))' "$HIPPO_ROUTE_SERIES")"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start Orthanc as a plain process with our own configuration (never the system service):
 # renders orthanc.json.template into $HIPPO_RUN_DIR/orthanc.json, loads the routing Lua script
-# ($ORTHANC_ROUTING: series | instance | none) and waits until REST and DICOM answer.
+# ($ORTHANC_ROUTING: instance | series | none; $HIPPO_ROUTE_SERIES: which series, by default
+# those the node's selection rules analyse) and waits until REST and DICOM answer.
 # Ports and AE titles come from the environment (see common.sh).
 set -euo pipefail
 # shellcheck source=deploy_scripts/common.sh
@@ -35,4 +36,4 @@ if ! wait_until "$READY_TIMEOUT" "Orthanc on HTTP $ORTHANC_HTTP_PORT / DICOM $OR
   die "Orthanc did not become ready"
 fi
 version="$(curl -fsS "$ORTHANC_URL/system" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Version"])')"
-log "Orthanc $version ready: AE $ORTHANC_AET, DICOM port $ORTHANC_DICOM_PORT, $ORTHANC_URL (DICOMweb $ORTHANC_URL/dicom-web), routing: $ORTHANC_ROUTING"
+log "Orthanc $version ready: AE $ORTHANC_AET, DICOM port $ORTHANC_DICOM_PORT, $ORTHANC_URL (DICOMweb $ORTHANC_URL/dicom-web), routing: $ORTHANC_ROUTING (series filter: ${HIPPO_ROUTE_SERIES:-none, every image series})"

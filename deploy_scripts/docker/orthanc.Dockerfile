@@ -19,7 +19,7 @@ RUN mkdir -p /var/lib/orthanc/db /var/lib/orthanc/run \
 # hadolint ignore=DL3066
 USER orthanc
 ENV HIPPO_HOST=hippo-scp \
-    ORTHANC_ROUTING=series
+    ORTHANC_ROUTING=instance
 EXPOSE 4242 8042
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8042/system"]

@@ -70,19 +70,28 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, run_dir: Path, routing: str = "series") -> Stack:
+    def create(
+        cls, run_dir: Path, routing: str | None = None, route_series: str | None = None
+    ) -> Stack:
+        """``routing`` / ``route_series``: ORTHANC_ROUTING / HIPPO_ROUTE_SERIES ("": every
+        image series); None keeps common.sh's defaults (per-instance routing of what the
+        node's selection rules analyse), as the demo runs."""
         run_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("ORTHANC_ROUTING", "HIPPO_ROUTE_SERIES")}  # fmt: skip
         env.update(
             HIPPO_RUN_DIR=str(run_dir),
             ORTHANC_DICOM_PORT=str(free_port()),
             ORTHANC_HTTP_PORT=str(free_port()),
             HIPPO_PORT=str(free_port()),
             OHIF_PORT=str(free_port()),
-            ORTHANC_ROUTING=routing,
             ORTHANC_STABLE_AGE="2",
             HIPPO_SETTLE="3",
         )
+        if routing is not None:
+            env["ORTHANC_ROUTING"] = routing
+        if route_series is not None:
+            env["HIPPO_ROUTE_SERIES"] = route_series
         return cls(run_dir=run_dir, env=env)
 
     # -- processes --------------------------------------------------------------------------
@@ -213,8 +222,7 @@ def sink_stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple
     require_orthanc()
     param = getattr(request, "param", "series")
     routing, route_series = param if isinstance(param, tuple) else (param, "")
-    stack = Stack.create(tmp_path / "run", routing=routing)
-    stack.env["HIPPO_ROUTE_SERIES"] = route_series
+    stack = Stack.create(tmp_path / "run", routing=routing, route_series=route_series)
     sink = start_sink(stack)
     try:
         stack.start("--no-node", "--no-ohif")
@@ -237,10 +245,15 @@ def require_node() -> None:
 
 @pytest.fixture(scope="session")
 def node_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The whole stack as the demo runs it: Orthanc (series routing) + hippo-scp + OHIF."""
+    """The whole stack as the demo runs it -- Orthanc + hippo-scp + OHIF -- but with Orthanc
+    routing every series per stable series (route_dicoms.lua): the routing that exercises
+    the node hardest (five series per study, Orthanc a whole-series sender). The default,
+    per-instance routing of HippoCrop only, runs in test_demo_script_end_to_end."""
     require_orthanc()
     require_node()
-    stack = Stack.create(tmp_path_factory.mktemp("stack") / "run", routing="series")
+    stack = Stack.create(
+        tmp_path_factory.mktemp("stack") / "run", routing="series", route_series=""
+    )
     stack.start()
     try:
         yield stack

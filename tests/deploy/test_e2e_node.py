@@ -132,7 +132,7 @@ def test_nothing_loops(processed: list[dict], node_stack: Stack):
 def instance_routed_stack(tmp_path: Path) -> Stack:
     require_orthanc()
     require_node()
-    stack = Stack.create(tmp_path / "run", routing="instance")
+    stack = Stack.create(tmp_path / "run", routing="instance", route_series="")
     stack.start("--no-ohif")
     try:
         yield stack
@@ -181,6 +181,14 @@ def test_demo_script_end_to_end(tmp_path: Path):
             assert name in out
         assert f"{stack.ohif_url}/viewer?StudyInstanceUIDs=1." in out
         assert f"{stack.orthanc_url}/app/explorer.html" in out
+        # The default routing: each HippoCrop image as Orthanc stores it (the filter derived
+        # from ae_config.yaml's rules), the other four series stay in the PACS; Orthanc is
+        # not a whole-series sender then, so the node keeps its release grace.
+        orthanc_log = stack.log("orthanc")
+        assert "routing only instances of series described as (any case) hippocrop" in orthanc_log
+        node_log = stack.log("hippo-scp")
+        delivered = [line for line in node_log.splitlines() if "results delivered" in line]
+        assert delivered and all("trigger release" in line for line in delivered), delivered
     finally:
         stopped = stack.script("stop_stack.sh", check=False)
     assert stopped.returncode == 0

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hippo_scp.assembly.selection import routed_series_descriptions
 from hippo_scp.config import load_config
 
 from .conftest import DEPLOY, REPO
@@ -79,10 +80,34 @@ def test_orthanc_config_defaults(tmp_path: Path):
     assert config["DicomModalities"]["hippoai"]["AET"] == "HIPPOAI"
     assert config["DicomModalities"]["hippoai"]["Port"] == 11112
     assert config["DicomModalities"]["scanner"]["AET"] == "SCANNER"
-    assert config["LuaScripts"] == [str(DEPLOY / "route_dicoms.lua")]
+    # Per-instance routing of what the node's selection rules analyse (route-filter).
+    assert config["LuaScripts"] == [str(DEPLOY / "route_dicoms_per_instance.lua")]
+    assert config["HippoScp"]["RouteSeriesDescriptions"] == ["hippocrop"]
+    assert config["DicomAssociationCloseDelay"] == 1
     assert 0 < config["StableAge"] <= 5
     assert config["StorageDirectory"] == str(tmp_path / "orthanc-storage")
     assert config["RemoteAccessAllowed"] is False
+
+
+def test_route_filter_follows_the_node_config(tmp_path: Path):
+    """HIPPO_ROUTE_SERIES=auto (the default) derives Orthanc's filter from HIPPO_CONFIG's
+    selection rules; rules that name no description route everything; a list is kept."""
+    catch_all = tmp_path / "all.yaml"
+    catch_all.write_text("selection:\n  rules:\n    - name: everything\n      action: analyze\n")
+    routed = _render(tmp_path, HIPPO_CONFIG=str(catch_all))["HippoScp"]["RouteSeriesDescriptions"]
+    assert routed == []
+    two = tmp_path / "two.yaml"
+    two.write_text(
+        "selection:\n  rules:\n    - name: two\n      conditions:\n"
+        "        - {attribute: SeriesDescription, one_of: [Hippo T1, Cor T2]}\n"
+    )
+    routed = _render(tmp_path, HIPPO_CONFIG=str(two))["HippoScp"]["RouteSeriesDescriptions"]
+    assert routed == ["Cor T2", "Hippo T1"]
+    explicit = _render(tmp_path, HIPPO_ROUTE_SERIES=" A , b")["HippoScp"]
+    assert explicit["RouteSeriesDescriptions"] == ["A", "b"]
+    assert _render(tmp_path, HIPPO_ROUTE_SERIES="")["HippoScp"]["RouteSeriesDescriptions"] == []
+    series = _render(tmp_path, ORTHANC_ROUTING="series")
+    assert series["LuaScripts"] == [str(DEPLOY / "route_dicoms.lua")]
 
 
 def test_orthanc_config_follows_environment(tmp_path: Path):
@@ -155,9 +180,21 @@ def test_compose_is_consistent_with_the_configs():
     assert node_cmd[node_cmd.index("--port") + 1] == orthanc_env["HIPPO_PORT"]
     assert orthanc_env["HIPPO_HOST"] == "hippo-scp"
     # Skipping the release grace is safe only while Orthanc routes each stable series whole.
-    trusted = node_cmd[node_cmd.index("--whole-series-sender") + 1]
-    assert trusted == orthanc_env["ORTHANC_AET"]
-    assert orthanc_env["ORTHANC_ROUTING"] == "series"
+    if orthanc_env["ORTHANC_ROUTING"] == "series":
+        trusted = node_cmd[node_cmd.index("--whole-series-sender") + 1]
+        assert trusted == orthanc_env["ORTHANC_AET"]
+    else:
+        assert orthanc_env["ORTHANC_ROUTING"] == "instance"
+        assert "--whole-series-sender" not in node_cmd
+    # Orthanc's series filter must let through every series the node's rules analyse.
+    docker_rules = load_config(DEPLOY / "docker" / "ae_config.yaml").selection
+    derived = routed_series_descriptions(docker_rules)
+    listed = [s.strip() for s in orthanc_env["HIPPO_ROUTE_SERIES"].split(",") if s.strip()]
+    if derived is None:
+        assert listed == []
+    else:
+        assert {s.casefold() for s in listed} == {s.casefold() for s in derived}
+
     ohif_cmd = re.search(
         r"^CMD (\[.*\])$", (DEPLOY / "docker" / "ohif.Dockerfile").read_text(), re.M
     )
