@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from hippo_scp.config import ConfigError, load_config
+from hippo_scp.config import ConfigError, NodeConfig, load_config
+
+
+def load_config_or_exit(path: Path) -> NodeConfig:
+    """Load ``path``; when invalid, print the one-line reason and exit 2 (the CLI contract)."""
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
 
 
 def register(app: typer.Typer) -> None:
@@ -26,9 +35,5 @@ def register(app: typer.Typer) -> None:
         """
         import yaml
 
-        try:
-            loaded = load_config(config)
-        except ConfigError as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(2) from None
+        loaded = load_config_or_exit(config)
         typer.echo(yaml.safe_dump(loaded.model_dump(mode="json"), sort_keys=False))

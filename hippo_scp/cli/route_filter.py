@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from hippo_scp.assembly.selection import routed_series_descriptions
-from hippo_scp.config import ConfigError, load_config
+from hippo_scp.cli.check_config import load_config_or_exit
 
 
 def register(app: typer.Typer) -> None:
@@ -32,12 +32,7 @@ def register(app: typer.Typer) -> None:
         descriptions literally, so the node has to see everything to select. Exit code 2 for
         an invalid configuration.
         """
-        try:
-            loaded = load_config(config)
-        except ConfigError as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(2) from None
-        descriptions = routed_series_descriptions(loaded.selection)
+        descriptions = routed_series_descriptions(load_config_or_exit(config).selection)
         if descriptions is None:
             typer.echo(
                 "note: an analyze rule does not name its SeriesDescription literally; "
