@@ -10,8 +10,10 @@ association's thread is still winding down. With every slot in use by such sende
 refusal *below* the limit, seen in the 4-sender load test.
 
 :class:`AssociationLimit` counts what the limit is about instead: associations this node
-admitted that are still in service -- not yet released, aborted or closed, and not waiting for
-the peer to close after the A-RELEASE-RP. The check runs in EVT_REQUESTED under a lock, so two
+admitted that are still in service -- not released, aborted or closed, and no A-RELEASE-RQ
+received (the DUL state, which changes before the A-RELEASE-RP leaves: ``is_released`` is set
+by the association's own thread later, and a busy node was seen to refuse the reconnect in
+that window too). The check runs in EVT_REQUESTED under a lock, so two
 requests arriving together cannot both take the last slot. pynetdicom's own count stays on as a
 backstop against leaked threads (:func:`thread_backstop`).
 """
@@ -27,9 +29,12 @@ from typing import Any
 #: limit, and what senders retry on.
 LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)
 
-#: DUL states of an association that no longer carries DIMSE traffic: Sta1 idle (closed),
-#: Sta13 awaiting transport close (after the A-RELEASE-RP or an A-ABORT).
-_FINISHED_STATES = frozenset({"Sta1", "Sta13"})
+#: DUL states (PS3.8 9.2) of an association that may still carry DIMSE traffic: transport
+#: open, negotiating, established. From the peer's A-RELEASE-RQ on (Sta8; Sta7-Sta12 for
+#: releases and collisions, Sta13 awaiting close, Sta1 closed) it no longer does. The state
+#: machine enters Sta8 before the A-RELEASE-RP can be sent (AR-4 runs only in Sta8), so a peer
+#: that reconnects as soon as it has the RP always finds its old association out of service.
+_IN_SERVICE_STATES = frozenset({"Sta2", "Sta3", "Sta4", "Sta5", "Sta6"})
 
 
 def thread_backstop(max_associations: int) -> int:
@@ -45,7 +50,8 @@ def in_service(assoc: Any) -> bool:
     if assoc.is_released or assoc.is_aborted or assoc.is_rejected:
         return False
     machine = getattr(getattr(assoc, "dul", None), "state_machine", None)
-    return getattr(machine, "current_state", None) not in _FINISHED_STATES
+    state = getattr(machine, "current_state", None)
+    return state is None or state in _IN_SERVICE_STATES
 
 
 class AssociationLimit:

@@ -36,10 +36,19 @@ def test_admits_up_to_the_maximum() -> None:
         lambda a: setattr(a, "is_aborted", True),
         lambda a: setattr(a, "is_rejected", True),
         lambda a: setattr(a, "alive", False),
+        lambda a: setattr(a.dul.state_machine, "current_state", "Sta8"),  # A-RELEASE-RQ in
         lambda a: setattr(a.dul.state_machine, "current_state", "Sta13"),  # A-RELEASE-RP sent
         lambda a: setattr(a.dul.state_machine, "current_state", "Sta1"),  # connection closed
     ],
-    ids=["released", "aborted", "rejected", "thread ended", "awaiting close", "closed"],
+    ids=[
+        "released",
+        "aborted",
+        "rejected",
+        "thread ended",
+        "release requested",
+        "awaiting close",
+        "closed",
+    ],  # fmt: skip
 )
 def test_a_finished_association_frees_its_slot_at_once(finish) -> None:
     limit = AssociationLimit(1)
@@ -72,3 +81,13 @@ def test_invalid_maximum_and_backstop() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         AssociationLimit(0)
     assert thread_backstop(16) > 16
+
+
+@pytest.mark.parametrize("state", ["Sta2", "Sta3", "Sta6", None])
+def test_connected_negotiating_and_established_associations_hold_their_slot(state) -> None:
+    limit = AssociationLimit(1)
+    held = FakeAssociation(state)
+    if state is None:
+        held.dul = None  # not yet wired up: counted, to be safe
+    assert limit.admit(held)
+    assert not limit.admit(FakeAssociation())
