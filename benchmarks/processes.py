@@ -583,7 +583,9 @@ def start_orthanc(
     values = {
         "ORTHANC_STORAGE_DIR": str(storage),
         "ORTHANC_PLUGIN_DIR": str(ORTHANC_PLUGIN_DIR),
-        "ORTHANC_LUA_SCRIPTS": json.dumps([str(lua)] if routing else []),
+        "ORTHANC_LUA_SCRIPTS": json.dumps(
+            [str(DEPLOY / "route_common.lua"), str(lua)] if routing else []
+        ),
         "ORTHANC_HTTP_PORT": str(http_port),
         "ORTHANC_REMOTE_ACCESS": "false",
         "ORTHANC_AET": "ORTHANC",

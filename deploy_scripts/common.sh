@@ -207,7 +207,8 @@ render_orthanc_config() {
     *) die "ORTHANC_ROUTING must be series, instance or none (got '$ORTHANC_ROUTING')" ;;
   esac
   if [[ -n "$lua" ]]; then
-    ORTHANC_LUA_SCRIPTS="[\"$lua\"]"
+    # route_common.lua first: both routers use what it defines (one Lua context in Orthanc)
+    ORTHANC_LUA_SCRIPTS="[\"$DEPLOY_DIR/route_common.lua\", \"$lua\"]"
   else
     ORTHANC_LUA_SCRIPTS="[]"
   fi

@@ -31,82 +31,23 @@
 --     queued, whatever their size, and the rest then go smallest first, so a cropped volume
 --     or a localiser does not wait behind every 500-slice series (docs/benchmarks.md).
 
-local TARGET = 'hippoai'              -- key of the node in "DicomModalities"
-local OWN_MANUFACTURER = 'hippo-scp'  -- Manufacturer (0008,0070) of every result the node makes
-
--- Modalities never worth sending to the node: structured reports, segmentations, key object
--- selections and presentation states (the node analyses images only).
-local NON_IMAGE_MODALITIES = { SR = true, SEG = true, KO = true, PR = true, RTSTRUCT = true }
-
--- Which series to send, by SeriesDescription: orthanc.json "HippoScp": {"RouteSeriesDescriptions":
--- [...]} (start_orthanc.sh fills it from $HIPPO_ROUTE_SERIES). Compared case-insensitively
--- and exactly, after trimming spaces. Empty or absent: every image series goes to the node,
--- which picks what to analyse by its own selection rules (ae_config.yaml); a list saves the
--- network and the node the series it would discard (Study1: 146 KiB instead of 45 MiB), and
--- the series it wants no longer queue behind the others. Keep the list within the node's rules.
-local function Normalised(description)
-  return string.lower((description or ''):match('^%s*(.-)%s*$'))
-end
-
-local function RoutedDescriptions()
-  local ok, configuration = pcall(GetOrthancConfiguration)
-  if not ok or type(configuration) ~= 'table' or type(configuration['HippoScp']) ~= 'table' then
-    return nil
-  end
-  local listed = configuration['HippoScp']['RouteSeriesDescriptions']
-  if type(listed) ~= 'table' then
-    return nil
-  end
-  local wanted, count = {}, 0
-  for _, description in pairs(listed) do
-    wanted[Normalised(description)] = true
-    count = count + 1
-  end
-  if count == 0 then
-    return nil
-  end
-  return wanted
-end
-
-local ROUTED_DESCRIPTIONS = RoutedDescriptions()
-if ROUTED_DESCRIPTIONS == nil then
-  print('route_dicoms: routing every image series to ' .. TARGET)
-else
-  local names = {}
-  for name, _ in pairs(ROUTED_DESCRIPTIONS) do
-    table.insert(names, name)
-  end
-  table.sort(names)
-  print('route_dicoms: routing only series described as (any case) ' .. table.concat(names, ', ') .. ' to ' .. TARGET)
-end
-
-local targetAet = nil
-
-local function TargetAet()
-  if targetAet == nil then
-    local ok, answer = pcall(RestApiGet, '/modalities/' .. TARGET .. '/configuration')
-    if ok and answer ~= nil and answer ~= '' then
-      targetAet = ParseJson(answer)['AET']
-    end
-  end
-  return targetAet
-end
+HippoRoute.AnnounceFilter('route_dicoms', 'every image series', 'series')
 
 -- Returns a reason (string) when the series must not be routed, nil otherwise.
 local function ReasonNotToRoute(series, tags)
-  if tags['Manufacturer'] == OWN_MANUFACTURER then
-    return 'Manufacturer is ' .. OWN_MANUFACTURER .. ' (a result of the node)'
+  if tags['Manufacturer'] == HippoRoute.OWN_MANUFACTURER then
+    return 'Manufacturer is ' .. HippoRoute.OWN_MANUFACTURER .. ' (a result of the node)'
   end
   local modality = tags['Modality'] or ''
-  if NON_IMAGE_MODALITIES[modality] then
+  if HippoRoute.NON_IMAGE_MODALITIES[modality] then
     return 'Modality ' .. modality .. ' is not an image'
   end
 
-  if ROUTED_DESCRIPTIONS ~= nil and not ROUTED_DESCRIPTIONS[Normalised(tags['SeriesDescription'])] then
+  if not HippoRoute.IsRoutedDescription(tags['SeriesDescription']) then
     return 'SeriesDescription not in HippoScp.RouteSeriesDescriptions'
   end
 
-  local nodeAet = TargetAet()
+  local nodeAet = HippoRoute.TargetAet()
   for _, instanceId in ipairs(series['Instances']) do
     local metadata = ParseJson(RestApiGet('/instances/' .. instanceId .. '/metadata?expand'))
     -- RemoteAET is the calling AE title of the C-STORE that brought the instance in.
@@ -133,11 +74,11 @@ function OnStableSeries(seriesId, tags, metadata)
   local kib = math.floor((tonumber(statistics['DiskSize']) or 0) / 1024)
   local request = string.format('{"Resources": ["%s"], "Asynchronous": true, "Priority": %d}',
                                 seriesId, -kib)
-  local answer = RestApiPost('/modalities/' .. TARGET .. '/store', request)
+  local answer = RestApiPost('/modalities/' .. HippoRoute.TARGET .. '/store', request)
   if answer == nil or answer == '' then
-    print('route_dicoms: FAILED to queue series ' .. seriesId .. ' ' .. description .. ' -> ' .. TARGET)
+    print('route_dicoms: FAILED to queue series ' .. seriesId .. ' ' .. description .. ' -> ' .. HippoRoute.TARGET)
     return
   end
-  print('route_dicoms: series ' .. seriesId .. ' ' .. description .. ' (' .. #series['Instances'] .. ' instances, ' .. kib .. ' KiB) -> ' .. TARGET
+  print('route_dicoms: series ' .. seriesId .. ' ' .. description .. ' (' .. #series['Instances'] .. ' instances, ' .. kib .. ' KiB) -> ' .. HippoRoute.TARGET
         .. ' (job ' .. tostring(ParseJson(answer)['ID']) .. ')')
 end

@@ -17,75 +17,28 @@
 -- on its settle window when a series came over several associations -- and is tested so.
 --
 -- Loop protection is the same as in route_dicoms.lua: never send back what the node made.
+-- Needs route_common.lua (loaded before it by common.sh).
 
-local TARGET = 'hippoai'
-local OWN_MANUFACTURER = 'hippo-scp'
-local NON_IMAGE_MODALITIES = { SR = true, SEG = true, KO = true, PR = true, RTSTRUCT = true }
-
--- Same series filter as route_dicoms.lua: orthanc.json "HippoScp": {"RouteSeriesDescriptions":
--- [...]}, compared case-insensitively after trimming spaces; empty or absent: every image.
-local function Normalised(description)
-  return string.lower((description or ''):match('^%s*(.-)%s*$'))
-end
-
-local function RoutedDescriptions()
-  local ok, configuration = pcall(GetOrthancConfiguration)
-  if not ok or type(configuration) ~= 'table' or type(configuration['HippoScp']) ~= 'table' then
-    return nil
-  end
-  local listed = configuration['HippoScp']['RouteSeriesDescriptions']
-  if type(listed) ~= 'table' or next(listed) == nil then
-    return nil
-  end
-  local wanted = {}
-  for _, description in pairs(listed) do
-    wanted[Normalised(description)] = true
-  end
-  return wanted
-end
-
-local ROUTED_DESCRIPTIONS = RoutedDescriptions()
-if ROUTED_DESCRIPTIONS == nil then
-  print('route_dicoms_per_instance: routing every image instance to ' .. TARGET)
-else
-  local names = {}
-  for name, _ in pairs(ROUTED_DESCRIPTIONS) do
-    table.insert(names, name)
-  end
-  table.sort(names)
-  print('route_dicoms_per_instance: routing only instances of series described as (any case) '
-        .. table.concat(names, ', ') .. ' to ' .. TARGET)
-end
-
-local targetAet = nil
-
-local function TargetAet()
-  if targetAet == nil then
-    local ok, answer = pcall(RestApiGet, '/modalities/' .. TARGET .. '/configuration')
-    if ok and answer ~= nil and answer ~= '' then
-      targetAet = ParseJson(answer)['AET']
-    end
-  end
-  return targetAet
-end
+HippoRoute.AnnounceFilter('route_dicoms_per_instance', 'every image instance',
+                          'instances of series')
 
 function OnStoredInstance(instanceId, tags, metadata, origin)
   -- Instances that Lua itself created/modified must not trigger another send.
   if origin ~= nil and origin['RequestOrigin'] == 'Lua' then
     return
   end
-  if tags['Manufacturer'] == OWN_MANUFACTURER then
+  if tags['Manufacturer'] == HippoRoute.OWN_MANUFACTURER then
     return
   end
-  if NON_IMAGE_MODALITIES[tags['Modality'] or ''] then
+  if HippoRoute.NON_IMAGE_MODALITIES[tags['Modality'] or ''] then
     return
   end
-  if ROUTED_DESCRIPTIONS ~= nil and not ROUTED_DESCRIPTIONS[Normalised(tags['SeriesDescription'])] then
+  if not HippoRoute.IsRoutedDescription(tags['SeriesDescription']) then
     return
   end
-  local nodeAet = TargetAet()
+  local nodeAet = HippoRoute.TargetAet()
   if origin ~= nil and nodeAet ~= nil and origin['RemoteAet'] == nodeAet then
     return
   end
-  SendToModality(instanceId, TARGET)
+  SendToModality(instanceId, HippoRoute.TARGET)
 end

@@ -9,8 +9,9 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 COPY deploy_scripts/common.sh deploy_scripts/render_orthanc_config.py \
-     deploy_scripts/orthanc.json.template deploy_scripts/route_dicoms.lua \
-     deploy_scripts/route_dicoms_per_instance.lua /opt/hippo-deploy/deploy_scripts/
+     deploy_scripts/orthanc.json.template deploy_scripts/route_common.lua \
+     deploy_scripts/route_dicoms.lua deploy_scripts/route_dicoms_per_instance.lua \
+     /opt/hippo-deploy/deploy_scripts/
 COPY deploy_scripts/docker/orthanc-entrypoint.sh /opt/hippo-deploy/deploy_scripts/docker/
 
 RUN mkdir -p /var/lib/orthanc/db /var/lib/orthanc/run \

@@ -81,7 +81,10 @@ def test_orthanc_config_defaults(tmp_path: Path):
     assert config["DicomModalities"]["hippoai"]["Port"] == 11112
     assert config["DicomModalities"]["scanner"]["AET"] == "SCANNER"
     # Per-instance routing of what the node's selection rules analyse (route-filter).
-    assert config["LuaScripts"] == [str(DEPLOY / "route_dicoms_per_instance.lua")]
+    assert config["LuaScripts"] == [
+        str(DEPLOY / "route_common.lua"),
+        str(DEPLOY / "route_dicoms_per_instance.lua"),
+    ]
     assert config["HippoScp"]["RouteSeriesDescriptions"] == ["hippocrop"]
     assert config["DicomAssociationCloseDelay"] == 1
     assert 0 < config["StableAge"] <= 5
@@ -107,7 +110,8 @@ def test_route_filter_follows_the_node_config(tmp_path: Path):
     assert explicit["RouteSeriesDescriptions"] == ["A", "b"]
     assert _render(tmp_path, HIPPO_ROUTE_SERIES="")["HippoScp"]["RouteSeriesDescriptions"] == []
     series = _render(tmp_path, ORTHANC_ROUTING="series")
-    assert series["LuaScripts"] == [str(DEPLOY / "route_dicoms.lua")]
+    routers = [str(DEPLOY / "route_common.lua"), str(DEPLOY / "route_dicoms.lua")]
+    assert series["LuaScripts"] == routers
 
 
 def test_orthanc_config_follows_environment(tmp_path: Path):
@@ -122,20 +126,22 @@ def test_orthanc_config_follows_environment(tmp_path: Path):
     assert (config["DicomPort"], config["HttpPort"]) == (14242, 18042)
     assert config["DicomModalities"]["hippoai"]["AET"] == "NODE2"
     assert config["DicomModalities"]["hippoai"]["Port"] == 21112
-    assert config["LuaScripts"] == [str(DEPLOY / "route_dicoms_per_instance.lua")]
+    assert config["LuaScripts"][-1] == str(DEPLOY / "route_dicoms_per_instance.lua")
     assert _render(tmp_path, ORTHANC_ROUTING="none")["LuaScripts"] == []
 
 
 def test_lua_routing_uses_one_store_job_per_series():
     lua = (DEPLOY / "route_dicoms.lua").read_text()
     assert "function OnStableSeries(" in lua
-    assert "'/modalities/' .. TARGET .. '/store'" in lua
+    assert "'/modalities/' .. HippoRoute.TARGET .. '/store'" in lua
     assert '"Asynchronous": true' in lua  # the Lua thread never waits for a transfer
     code = "\n".join(line for line in lua.splitlines() if not line.lstrip().startswith("--"))
     assert "SendToModality" not in code  # takes instance IDs only
+    common = (DEPLOY / "route_common.lua").read_text()
+    assert "OWN_MANUFACTURER = 'hippo-scp'" in common  # the marker every result carries
     for lua_file in ("route_dicoms.lua", "route_dicoms_per_instance.lua"):
         text = (DEPLOY / lua_file).read_text()
-        assert "hippo-scp" in text and "RemoteA" in text  # marker + origin checks
+        assert "HippoRoute.OWN_MANUFACTURER" in text and "RemoteA" in text  # marker + origin
 
 
 def _entrypoint_and_cmd(dockerfile: Path) -> tuple[list[str], list[str]]:
