@@ -1,11 +1,12 @@
 """End to end through Orthanc: last instance stored in Orthanc -> SR queryable in Orthanc.
 
 Orthanc (``TCP_NODELAY=1``) and the node (destination: Orthanc) run as in the deployment, with
-one of the two routing scripts: ``--routing series`` (default, as installed: route_dicoms.lua,
-one association per series once Orthanc finds it stable, ``StableAge`` S) or ``--routing
-instance`` (route_dicoms_per_instance.lua: each instance forwarded as it is stored, in one
-association that Orthanc releases ``DicomAssociationCloseDelay`` s after the last one; the
-node then waits out its release grace). Each repetition sends a fresh copy of Study1 (new
+one of the two routing scripts: ``--routing series`` (route_dicoms.lua, one association per
+series once Orthanc finds it stable, ``StableAge`` S) or ``--routing instance``
+(route_dicoms_per_instance.lua, the deploy scripts' default with ``--route-series HippoCrop``:
+each instance forwarded as it is stored, in one association that Orthanc releases
+``DicomAssociationCloseDelay`` s after the last one; the node then waits out its release
+grace). Each repetition sends a fresh copy of Study1 (new
 UIDs, all five series, like a scanner) to Orthanc with storescu, each run starting at another
 phase of the second (Orthanc's stability check runs once a second at a fixed phase, so
 back-to-back runs would all meet it at the same point); the clock starts when storescu has
@@ -95,15 +96,16 @@ def main(argv: list[str] | None = None) -> int:
         "--routing",
         choices=("series", "instance"),
         default="series",
-        help="series: route_dicoms.lua (OnStableSeries, as installed); instance: "
-        "route_dicoms_per_instance.lua (OnStoredInstance; Orthanc keeps one association open "
-        "and releases it DicomAssociationCloseDelay s after the last instance)",
+        help="series: route_dicoms.lua (OnStableSeries); instance: "
+        "route_dicoms_per_instance.lua (OnStoredInstance, the deploy scripts' default; Orthanc "
+        "keeps one association open and releases it DicomAssociationCloseDelay s after the "
+        "last instance)",
     )
     parser.add_argument(
         "--close-delay",
         type=int,
-        default=None,
-        help="Orthanc DicomAssociationCloseDelay (s; default: the template's)",
+        default=1,
+        help="Orthanc DicomAssociationCloseDelay (s; default 1, as common.sh sets it)",
     )
     args = parser.parse_args(argv)
     route_series = [s.strip() for s in args.route_series.split(",") if s.strip()]
@@ -143,12 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     # What the deployment is configured to wait after the last instance before the node may
     # act: Orthanc's StableAge (series routing: whole series, no grace), or Orthanc's idle
     # association close delay plus the node's release grace (per-instance routing).
-    close_delay = 1 if args.close_delay is None else args.close_delay  # processes.py default
     release_grace = load_config(None).triggers.release_grace_seconds
-    configured_wait = close_delay + release_grace if per_instance else float(args.stable_age)
+    configured_wait = args.close_delay + release_grace if per_instance else float(args.stable_age)
     result["configured_wait_s"] = configured_wait
     result["configured_wait"] = (
-        f"DicomAssociationCloseDelay {close_delay} s + node release grace {release_grace} s"
+        f"DicomAssociationCloseDelay {args.close_delay} s + node release grace {release_grace} s"
         if per_instance
         else f"StableAge {args.stable_age} s"
     )

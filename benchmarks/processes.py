@@ -566,14 +566,14 @@ def start_orthanc(
     timeout: float = 60,
     route_series: list[str] | None = None,
     routing_script: str = "route_dicoms.lua",
-    association_close_delay: int | None = None,
+    association_close_delay: int = 1,
 ) -> Orthanc:
     """Orthanc with the project's template: ``hippoai`` -> the node, ``scanner`` = STORESCU.
 
     ``routing``: load ``deploy_scripts/<routing_script>`` (``route_dicoms.lua``: OnStableSeries
     -> node; ``route_dicoms_per_instance.lua``: OnStoredInstance -> node); ``route_series``:
     ``HippoScp.RouteSeriesDescriptions`` (None: every image series);
-    ``association_close_delay``: ``DicomAssociationCloseDelay`` (None: 1, common.sh's default).
+    ``association_close_delay``: ``DicomAssociationCloseDelay`` (1: common.sh's default).
     Started with ``TCP_NODELAY=1`` unless ``nodelay`` is False.
     """
     http_port, dicom_port = free_port(), free_port()
@@ -595,9 +595,7 @@ def start_orthanc(
         "HIPPO_PORT": str(node_port),
         "SCANNER_AET": SCANNER_AET,
         "ORTHANC_STABLE_AGE": str(stable_age),
-        "ORTHANC_ASSOCIATION_CLOSE_DELAY": str(
-            1 if association_close_delay is None else association_close_delay
-        ),
+        "ORTHANC_ASSOCIATION_CLOSE_DELAY": str(association_close_delay),
         "HIPPO_ROUTE_SERIES_JSON": json.dumps(route_series or []),
     }
     template = DEPLOY / "orthanc.json.template"

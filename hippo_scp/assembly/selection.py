@@ -338,17 +338,6 @@ def _shown(ds: Dataset, condition: Condition) -> str:
     return f"value {text[:64]!r}"
 
 
-__all__ = [
-    "ANALYSABLE_SOP_CLASSES",
-    "Condition",
-    "SelectionConfig",
-    "SelectionDecision",
-    "SelectionRule",
-    "SeriesSelector",
-    "is_own_output",
-]
-
-
 #: ``regex`` conditions that spell one literal description: ``^Text$`` or ``(?i)^Text$``
 _LITERAL_PATTERN = re.compile(r"^(?:\(\?i\))?\^([A-Za-z0-9 _\-]+)\$$")
 
@@ -394,3 +383,15 @@ def _description_literals(condition: Condition) -> list[str] | None:
         literal = _LITERAL_PATTERN.match(condition.regex)
         return [literal.group(1)] if literal else None
     return None
+
+
+__all__ = [
+    "ANALYSABLE_SOP_CLASSES",
+    "Condition",
+    "SelectionConfig",
+    "SelectionDecision",
+    "SelectionRule",
+    "SeriesSelector",
+    "is_own_output",
+    "routed_series_descriptions",
+]

@@ -74,7 +74,7 @@ class AssociationLimit:
             self._admitted.add(assoc)
             return True
 
-    def in_service(self) -> int:
+    def count_in_service(self) -> int:
         """Admitted associations still in service (for logs and tests)."""
         with self._lock:
             return sum(1 for a in self._admitted if in_service(a))

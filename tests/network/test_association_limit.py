@@ -26,7 +26,7 @@ def test_admits_up_to_the_maximum() -> None:
     held = [FakeAssociation(), FakeAssociation()]
     assert all(limit.admit(a) for a in held)
     assert not limit.admit(FakeAssociation())
-    assert limit.in_service() == 2
+    assert limit.count_in_service() == 2
 
 
 @pytest.mark.parametrize(
