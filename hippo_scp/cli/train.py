@@ -62,6 +62,17 @@ def train_command(
         help="Weight of the anterior/posterior boundary profile loss (0: off, as shipped).",
         metavar="<float>",
     ),
+    rotation_axes: str = typer.Option(
+        "0,1,2",
+        "--rotation-axes",
+        help="Array axes the augmentation rotates about, comma-separated (1 = anterior/posterior).",
+        metavar="<axes>",
+    ),
+    snap_boundary: bool = typer.Option(
+        False,
+        "--snap-boundary",
+        help="Re-split labels rotated off the A/P axis at a plane across it, like the references.",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train the U-Net; writes the best checkpoint (safetensors + SHA-256 sidecar) to --out."""
@@ -69,6 +80,12 @@ def train_command(
 
     if device not in ("cpu", "cuda"):
         raise typer.BadParameter("--device must be cpu or cuda")
+    try:
+        axes = tuple(sorted({int(a) for a in rotation_axes.split(",") if a.strip()}))
+    except ValueError:
+        axes = (-1,)
+    if not set(axes) <= {0, 1, 2}:
+        raise typer.BadParameter("--rotation-axes takes array axes 0, 1 and 2, e.g. 0,1,2 or 1")
     cfg = TrainConfig(
         data_dir=Path(data) if data else default_data_dir(),
         out_dir=Path(out),
@@ -86,6 +103,8 @@ def train_command(
         augment=not no_augment,
         deep_supervision=not no_deep_supervision,
         boundary_loss_weight=boundary_loss,
+        rotation_axes=axes,
+        snap_boundary=snap_boundary,
         progress=progress,
     )
     result = train(cfg, log=typer.echo)

@@ -80,6 +80,11 @@ class TrainConfig:
     #: weight of :func:`boundary_profile_loss` (0: off, the shipped 1.0 recipe)
     boundary_loss_weight: float = 0.0
     augment: bool = True
+    #: array axes the spatial augmentation rotates about (AP_AXIS alone keeps the reference's
+    #: head/body plane across AP_AXIS, as the annotators drew it)
+    rotation_axes: tuple[int, ...] = (0, 1, 2)
+    #: re-split rotated labels at the best plane across AP_AXIS (see snap_ap_boundary)
+    snap_boundary: bool = False
     canvas: tuple[int, int, int] = (40, 56, 40)
     val_every_epochs: int = 1
     patience_validations: int = 0  # 0 disables early stopping (the cosine schedule ends runs)
@@ -216,20 +221,31 @@ def spatial_augment(
     prob: float = 0.5,
     max_angle_deg: float = 15.0,
     scale_range: tuple[float, float] = (0.85, 1.15),
+    rotation_axes: tuple[int, ...] = (0, 1, 2),
+    snap_boundary: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random rotation + isotropic scale about the canvas centre (linear image, nearest label).
 
     The canvas is not cubic, so the affine is built in millimetres (normalised coordinates are
-    rescaled by the axis lengths) to keep rotations rigid.
+    rescaled by the axis lengths) to keep rotations rigid. Rotations are drawn about
+    ``rotation_axes`` only. With ``snap_boundary``, samples rotated about an axis other than
+    :data:`AP_AXIS` are re-split at a plane across it (:func:`snap_ap_boundary`): a tilted
+    head/body plane never occurs in the references.
     """
     n = x.shape[0]
     thetas = []
     apply = False
+    tilted: list[int] = []
     size = torch.tensor(x.shape[2:], dtype=torch.float32)
-    for _ in range(n):
+    axis_mask = torch.zeros(3)
+    axis_mask[list(rotation_axes)] = 1.0
+    for i in range(n):
         if float(torch.rand((), generator=gen)) < prob:
             apply = True
             angles = (torch.rand(3, generator=gen) * 2 - 1) * math.radians(max_angle_deg)
+            angles = angles * axis_mask
+            if any(a != AP_AXIS for a in rotation_axes):
+                tilted.append(i)
             s = scale_range[0] + (scale_range[1] - scale_range[0]) * float(
                 torch.rand((), generator=gen)
             )
@@ -254,7 +270,37 @@ def spatial_augment(
         .round()
         .long()
     )
+    if snap_boundary and tilted:
+        y = y.clone()
+        for i in tilted:
+            y[i] = snap_ap_boundary(y[i])
     return x, y
+
+
+def snap_ap_boundary(labels: torch.Tensor) -> torch.Tensor:
+    """Re-split one (X, Y, Z) label volume's hippocampus at the plane across :data:`AP_AXIS`
+    that misplaces the fewest anterior/posterior voxels (anterior at the higher indices).
+
+    Why: in every reference the head/body boundary is such a plane (the annotators chose a
+    slice). Rotating the labels about another axis tilts it, which teaches the network a
+    boundary convention the references never follow; snapping keeps the rotated anatomy and
+    restores the convention. Volumes without both parts are returned unchanged.
+    """
+    other = [a for a in range(3) if a != AP_AXIS]
+    anterior = (labels == 1).sum(dim=other)
+    posterior = (labels == 2).sum(dim=other)
+    if not bool(anterior.any()) or not bool(posterior.any()):
+        return labels
+    zero = torch.zeros(1, dtype=anterior.dtype)
+    below = torch.cat([zero, torch.cumsum(anterior, 0)])
+    above = torch.cat([torch.flip(torch.cumsum(torch.flip(posterior, [0]), 0), [0]), zero])
+    misplaced = below + above
+    best = torch.nonzero(misplaced == misplaced.min()).flatten()
+    first_anterior = (int(best[0]) + int(best[-1])) / 2.0
+    shape = [-1 if a == AP_AXIS else 1 for a in range(3)]
+    index = torch.arange(labels.shape[AP_AXIS]).reshape(shape)
+    parts = torch.where(index >= first_anterior, 1, 2).to(labels.dtype)
+    return torch.where(labels > 0, parts, torch.zeros_like(labels))
 
 
 # --------------------------------------------------------------------------------------------
@@ -516,7 +562,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
             x, y = make_batch([samples[i] for i in idx], cfg.canvas, cfg.augment, gen)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if cfg.augment:
-                x, y = spatial_augment(x, y, gen)
+                x, y = spatial_augment(
+                    x,
+                    y,
+                    gen,
+                    rotation_axes=tuple(cfg.rotation_axes),
+                    snap_boundary=cfg.snap_boundary,
+                )
             out = model(x)
             loss = deep_supervision_loss(out, y, cfg.boundary_loss_weight)
             opt.zero_grad(set_to_none=True)

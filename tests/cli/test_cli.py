@@ -54,6 +54,8 @@ def test_serve_help_with_config_explains_the_contract_flags() -> None:
         ("serve", "--destination", "ORTHANC-without-host"),
         ("serve", "--ae-title", "THIS-TITLE-IS-WAY-TOO-LONG"),
         ("serve", "--settle", "-5"),
+        ("train", "--out", "unused", "--rotation-axes", "0,3"),
+        ("train", "--out", "unused", "--rotation-axes", "x"),
     ],
 )
 def test_bad_flags_exit_with_code_2(args: tuple[str, ...]) -> None:
