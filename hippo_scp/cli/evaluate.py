@@ -29,12 +29,24 @@ def evaluate_command(
         None, "--csv", help="Per-case CSV output (default: evaluation.csv next to the weights)."
     ),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
+    baseline: Path = typer.Option(
+        None,
+        "--baseline",
+        help="Another weights file to score on the same cases: prints the paired difference "
+        "(this model minus the baseline) with its 95 % bootstrap interval.",
+    ),
 ) -> None:
     """Segment labelled cases and report per-case and mean metrics (table + CSV)."""
     from hippo_scp.model.evaluation import run_evaluation
 
     run_evaluation(
-        data_dir=data, weights=weights, cases=cases, csv_path=csv, threads=threads, echo=typer.echo
+        data_dir=data,
+        weights=weights,
+        cases=cases,
+        csv_path=csv,
+        threads=threads,
+        echo=typer.echo,
+        baseline=baseline,
     )
 
 
