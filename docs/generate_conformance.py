@@ -271,8 +271,10 @@ def block_reject_reasons() -> str:
                 "Too many associations",
                 association_limit.LOCAL_LIMIT_EXCEEDED,
                 "local-limit-exceeded",
-                "`node.max_associations` associations are in service; an association stops "
-                "counting when its A-RELEASE-RP is sent, or it is aborted",
+                "`node.max_associations` associations are in service and none frees within "
+                f"{association_limit.ADMISSION_WAIT_S:g} s; an association stops counting when "
+                "the peer's A-RELEASE-RQ arrives, or when it is aborted or its connection "
+                "closes. The log line names the calling AE titles holding the slots",
             ),
         ],
     )

@@ -308,7 +308,8 @@ class StorageReceiver:
         if decision.allowed and not self._limit.admit(assoc):
             decision = AccessDecision(
                 False,
-                f"node.max_associations ({self._limit.maximum}) in service",
+                f"node.max_associations ({self._limit.maximum}) in service: "
+                + ", ".join(self._limit.describe_in_service()),
                 LOCAL_LIMIT_EXCEEDED,
             )
         if decision.allowed:

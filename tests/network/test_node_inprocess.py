@@ -433,7 +433,11 @@ def test_associations_over_the_maximum_are_rejected_transient_local_limit(
         assert third.is_rejected
         rejection = third.acceptor.primitive
         assert (rejection.result, rejection.result_source, rejection.diagnostic) == (2, 3, 2)
-        assert "node.max_associations (2) in service (calling 'THIRD'" in caplog.text
+        # the log names who holds the slots, so an integrator can see which peer to look at
+        assert (
+            "node.max_associations (2) in service: STORESCU (Sta6), STORESCU (Sta6) "
+            "(calling 'THIRD'" in caplog.text
+        )
         assert second.send_c_echo().Status == 0x0000  # the others keep being served
         first.release()
         fourth = _verification_association(port)
