@@ -402,6 +402,22 @@ def export_state_dict(model: UNet3D) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in fused.state_dict().items()}
 
 
+def describe_augmentation(cfg: TrainConfig) -> str:
+    """The augmentation recipe as written into the weights' sidecar: the model's provenance
+    must say when a run departed from the shipped recipe."""
+    if not cfg.augment:
+        return "none"
+    axes = tuple(sorted(cfg.rotation_axes))
+    rotation = "rotation +-15 deg"
+    if axes != (0, 1, 2):
+        rotation += f" about array axes {list(axes)} only" if axes else " off"
+    if cfg.snap_boundary:
+        rotation += " (rotated labels re-split at a plane across the A/P axis)"
+    return (
+        f"random placement, {rotation}, scale 0.85-1.15, contrast/brightness/gamma/noise; no flips"
+    )
+
+
 def _sidecar_metadata(
     cfg: TrainConfig, model: UNet3D, record: EpochRecord | None
 ) -> dict[str, Any]:
@@ -431,10 +447,7 @@ def _sidecar_metadata(
                 if cfg.boundary_loss_weight
                 else ""
             ),
-            "augmentation": "random placement, rotation +-15 deg, scale 0.85-1.15, "
-            "contrast/brightness/gamma/noise; no flips"
-            if cfg.augment
-            else "none",
+            "augmentation": describe_augmentation(cfg),
             "canvas": list(cfg.canvas),
         },
         "validation": None

@@ -8,6 +8,7 @@ tilted sample at a plane without touching its outline.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,13 @@ import pytest
 import torch
 
 from hippo_scp.model.dataset import AP_AXIS, list_case_ids, load_case
-from hippo_scp.model.training import snap_ap_boundary, spatial_augment
+from hippo_scp.model.training import (
+    TrainConfig,
+    clone_config,
+    describe_augmentation,
+    snap_ap_boundary,
+    spatial_augment,
+)
 
 CANVAS = (40, 56, 40)
 
@@ -90,3 +97,17 @@ def test_snapping_restores_the_plane_and_keeps_the_rotated_outline(batch) -> Non
     snapped = _augment(batch, rotation_axes=(0, 1, 2), snap_boundary=True)
     assert all(_off_plane(snapped[i]) == 0 for i in range(4))
     assert torch.equal(snapped > 0, tilted > 0)
+
+
+def test_sidecar_recipe_says_when_the_augmentation_departs_from_the_shipped_one(
+    tmp_path: Path,
+) -> None:
+    shipped = TrainConfig(data_dir=tmp_path, out_dir=tmp_path)
+    shipped_text = json.loads(
+        (Path(__file__).resolve().parents[2] / "model_weights" / "hippo_unet.json").read_text()
+    )["training"]["augmentation"]
+    assert describe_augmentation(shipped) == shipped_text
+    ap_only = describe_augmentation(clone_config(shipped, rotation_axes=(AP_AXIS,)))
+    assert "about array axes [1] only" in ap_only
+    assert "re-split" in describe_augmentation(clone_config(shipped, snap_boundary=True))
+    assert describe_augmentation(clone_config(shipped, augment=False)) == "none"
