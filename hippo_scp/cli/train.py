@@ -80,12 +80,13 @@ def train_command(
 
     if device not in ("cpu", "cuda"):
         raise typer.BadParameter("--device must be cpu or cuda")
+    axes_error = "--rotation-axes takes array axes 0, 1 and 2, e.g. 0,1,2 or 1"
     try:
         axes = tuple(sorted({int(a) for a in rotation_axes.split(",") if a.strip()}))
     except ValueError:
-        axes = (-1,)
+        raise typer.BadParameter(axes_error) from None
     if not set(axes) <= {0, 1, 2}:
-        raise typer.BadParameter("--rotation-axes takes array axes 0, 1 and 2, e.g. 0,1,2 or 1")
+        raise typer.BadParameter(axes_error)
     cfg = TrainConfig(
         data_dir=Path(data) if data else default_data_dir(),
         out_dir=Path(out),

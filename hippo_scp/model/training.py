@@ -44,6 +44,7 @@ from hippo_scp.model.dataset import (
     load_cases,
     make_split,
 )
+from hippo_scp.model.evaluation import ap_boundary_index, split_at_plane
 from hippo_scp.model.inference import WEIGHTS_FILENAME, predict_labels
 from hippo_scp.model.network import UNet3D, UNetConfig, count_parameters, fuse_batchnorm
 from hippo_scp.model.preprocessing import (
@@ -239,12 +240,13 @@ def spatial_augment(
     size = torch.tensor(x.shape[2:], dtype=torch.float32)
     axis_mask = torch.zeros(3)
     axis_mask[list(rotation_axes)] = 1.0
+    tilts_boundary = any(a != AP_AXIS for a in rotation_axes)
     for i in range(n):
         if float(torch.rand((), generator=gen)) < prob:
             apply = True
             angles = (torch.rand(3, generator=gen) * 2 - 1) * math.radians(max_angle_deg)
             angles = angles * axis_mask
-            if any(a != AP_AXIS for a in rotation_axes):
+            if tilts_boundary:
                 tilted.append(i)
             s = scale_range[0] + (scale_range[1] - scale_range[0]) * float(
                 torch.rand((), generator=gen)
@@ -279,28 +281,21 @@ def spatial_augment(
 
 def snap_ap_boundary(labels: torch.Tensor) -> torch.Tensor:
     """Re-split one (X, Y, Z) label volume's hippocampus at the plane across :data:`AP_AXIS`
-    that misplaces the fewest anterior/posterior voxels (anterior at the higher indices).
+    that misplaces the fewest anterior/posterior voxels (anterior at the higher indices):
+    the evaluation's :func:`~hippo_scp.model.evaluation.ap_boundary_index` and
+    :func:`~hippo_scp.model.evaluation.split_at_plane`, so training and the boundary
+    diagnostic share one definition of the plane.
 
     Why: in every reference the head/body boundary is such a plane (the annotators chose a
     slice). Rotating the labels about another axis tilts it, which teaches the network a
     boundary convention the references never follow; snapping keeps the rotated anatomy and
     restores the convention. Volumes without both parts are returned unchanged.
     """
-    other = [a for a in range(3) if a != AP_AXIS]
-    anterior = (labels == 1).sum(dim=other)
-    posterior = (labels == 2).sum(dim=other)
-    if not bool(anterior.any()) or not bool(posterior.any()):
+    array = labels.cpu().numpy()
+    first_anterior = ap_boundary_index(array)
+    if math.isnan(first_anterior):
         return labels
-    zero = torch.zeros(1, dtype=anterior.dtype)
-    below = torch.cat([zero, torch.cumsum(anterior, 0)])
-    above = torch.cat([torch.flip(torch.cumsum(torch.flip(posterior, [0]), 0), [0]), zero])
-    misplaced = below + above
-    best = torch.nonzero(misplaced == misplaced.min()).flatten()
-    first_anterior = (int(best[0]) + int(best[-1])) / 2.0
-    shape = [-1 if a == AP_AXIS else 1 for a in range(3)]
-    index = torch.arange(labels.shape[AP_AXIS]).reshape(shape)
-    parts = torch.where(index >= first_anterior, 1, 2).to(labels.dtype)
-    return torch.where(labels > 0, parts, torch.zeros_like(labels))
+    return torch.from_numpy(split_at_plane(array, first_anterior)).to(labels.device)
 
 
 # --------------------------------------------------------------------------------------------
