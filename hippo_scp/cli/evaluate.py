@@ -35,10 +35,28 @@ def evaluate_command(
         help="Another weights file to score on the same cases: prints the paired difference "
         "(this model minus the baseline) with its 95 % bootstrap interval.",
     ),
+    cross_validation: Path = typer.Option(
+        None,
+        "--cross-validation",
+        help="A folder of fold runs (hippo-scp train --fold K --out DIR/foldK): score each "
+        "fold's weights on the cases it held out and pool them (replaces --weights/--cases).",
+        metavar="DIR",
+    ),
 ) -> None:
     """Segment labelled cases and report per-case and mean metrics (table + CSV)."""
-    from hippo_scp.model.evaluation import run_evaluation
+    from hippo_scp.model.evaluation import run_cross_validation, run_evaluation
 
+    if cross_validation is not None:
+        if weights is not None or baseline is not None:
+            raise typer.BadParameter(
+                "--cross-validation scores each fold's own weights: "
+                "leave out --weights and --baseline"
+            )
+        try:
+            run_cross_validation(cross_validation, data, csv, threads, echo=typer.echo)
+        except (FileNotFoundError, ValueError) as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        return
     run_evaluation(
         data_dir=data,
         weights=weights,

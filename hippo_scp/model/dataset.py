@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -88,19 +89,26 @@ def load_cases(data_dir: Path, case_ids: list[str]) -> list[Case]:
 
 @dataclass(frozen=True)
 class Split:
-    """The documented train/validation partition (stored as JSON next to the weights)."""
+    """The documented train/validation partition (stored as JSON next to the weights).
+
+    ``fold`` 0 is the documented split. Fold ``k`` holds out the ``k``-th block of the same
+    shuffled order instead, so folds ``0 .. fold_count(n, f) - 1`` are a cross-validation
+    whose every validation set has the documented size and whose training sets never see it.
+    """
 
     seed: int
     val_fraction: float
     train: list[str]
     validation: list[str]
+    fold: int = 0
 
     def save(self, path: Path) -> None:
         payload = {
             "seed": self.seed,
             "val_fraction": self.val_fraction,
-            "rule": "sorted case ids shuffled with random.Random(seed); first "
-            "round(n * val_fraction) are validation",
+            "fold": self.fold,
+            "rule": "sorted case ids shuffled with random.Random(seed); validation is block "
+            "'fold' (0 = the first) of round(n * val_fraction) ids in that order",
             "train": self.train,
             "validation": self.validation,
         }
@@ -109,12 +117,39 @@ class Split:
     @classmethod
     def load(cls, path: Path) -> Split:
         d = json.loads(Path(path).read_text())
-        return cls(int(d["seed"]), float(d["val_fraction"]), d["train"], d["validation"])
+        return cls(
+            int(d["seed"]),
+            float(d["val_fraction"]),
+            d["train"],
+            d["validation"],
+            int(d.get("fold", 0)),
+        )
 
 
-def make_split(case_ids: list[str], seed: int = SPLIT_SEED, val_fraction: float = 0.1) -> Split:
-    """Shuffle the sorted ids with a fixed seed; the first ``round(n * f)`` are validation."""
+def _validation_size(n_cases: int, val_fraction: float) -> int:
+    return max(1, int(round(n_cases * val_fraction))) if n_cases > 1 else 0
+
+
+def fold_count(n_cases: int, val_fraction: float = 0.1) -> int:
+    """How many disjoint validation blocks ``n_cases`` hold (the last one may be smaller)."""
+    n_val = _validation_size(n_cases, val_fraction)
+    return math.ceil(n_cases / n_val) if n_val else 1
+
+
+def make_split(
+    case_ids: list[str], seed: int = SPLIT_SEED, val_fraction: float = 0.1, fold: int = 0
+) -> Split:
+    """Shuffle the sorted ids with a fixed seed; block ``fold`` of ``round(n * f)`` ids in
+    that order is validation (fold 0, the first block, is the documented split)."""
     ids = sorted(case_ids)
     random.Random(seed).shuffle(ids)
-    n_val = max(1, int(round(len(ids) * val_fraction))) if len(ids) > 1 else 0
-    return Split(seed, val_fraction, sorted(ids[n_val:]), sorted(ids[:n_val]))
+    n_val = _validation_size(len(ids), val_fraction)
+    folds = fold_count(len(ids), val_fraction)
+    if not 0 <= fold < folds:
+        raise ValueError(
+            f"fold {fold} does not exist: {len(ids)} cases with validation fraction "
+            f"{val_fraction} give folds 0-{folds - 1}"
+        )
+    held_out = ids[fold * n_val : (fold + 1) * n_val]
+    rest = ids[: fold * n_val] + ids[(fold + 1) * n_val :]
+    return Split(seed, val_fraction, sorted(rest), sorted(held_out), fold)

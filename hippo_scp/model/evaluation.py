@@ -17,8 +17,14 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from hippo_scp.model.dataset import AP_AXIS, default_data_dir, list_case_ids, load_case
-from hippo_scp.model.inference import Segmenter, default_weights_path
+from hippo_scp.model.dataset import (
+    AP_AXIS,
+    Split,
+    default_data_dir,
+    list_case_ids,
+    load_case,
+)
+from hippo_scp.model.inference import WEIGHTS_FILENAME, Segmenter, default_weights_path
 
 #: Structures reported: name -> label values that make it up.
 STRUCTURES: dict[str, tuple[int, ...]] = {
@@ -269,7 +275,8 @@ def resolve_cases(cases: str, data_dir: Path, weights: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def format_table(rows: list[CaseMetrics], summary: EvaluationSummary) -> str:
+def format_table(rows: list[CaseMetrics], summary: EvaluationSummary, per_case: bool = True) -> str:
+    """Per-case lines (unless ``per_case`` is false), then the means and intervals."""
     head = (
         f"{'case':<18}{'Dice ant':>9}{'Dice post':>10}{'Dice tot':>9}{'HD95 a':>8}{'HD95 p':>8}"
         f"{'HD95 t':>8}{'Vol% a':>8}{'Vol% p':>8}{'Vol% t':>8}{'ms':>7}"
@@ -285,9 +292,10 @@ def format_table(rows: list[CaseMetrics], summary: EvaluationSummary) -> str:
             f"{g('inference_ms'):>7.0f}"
         )
 
-    for r in rows:
-        lines.append(line(r.case_id, lambda k, r=r: getattr(r, k)))
-    lines.append("-" * len(head))
+    if per_case:
+        for r in rows:
+            lines.append(line(r.case_id, lambda k, r=r: getattr(r, k)))
+        lines.append("-" * len(head))
     lines.append(line(f"mean (n={summary.n_cases})", lambda k: summary.mean[k]))
     m = summary.mean_abs_volume_error_pct
     lines.append(
@@ -321,15 +329,16 @@ def format_table(rows: list[CaseMetrics], summary: EvaluationSummary) -> str:
     return "\n".join(lines)
 
 
-def write_csv(rows: list[CaseMetrics], path: Path) -> None:
+def write_csv(rows: list[CaseMetrics], path: Path, runs: list[str] | None = None) -> None:
+    """One line per case; ``runs`` (one name per row) adds a leading ``run`` column."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    names = [fl.name for fl in fields(CaseMetrics)]
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(CaseMetrics)])
+        w = csv.DictWriter(f, fieldnames=(["run"] if runs is not None else []) + names)
         w.writeheader()
-        for r in rows:
-            w.writerow(
-                {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(r).items()}
-            )
+        for i, r in enumerate(rows):
+            values = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(r).items()}
+            w.writerow({"run": runs[i], **values} if runs is not None else values)
 
 
 def evaluate_cases(segmenter: Segmenter, data_dir: Path, ids: list[str]) -> list[CaseMetrics]:
@@ -378,4 +387,86 @@ def run_evaluation(
                 reference.model_version,
             )
         )
+    return rows, summary
+
+
+@dataclass(frozen=True)
+class CrossValidationRun:
+    """One fold of a cross-validation: its weights and the cases its training never saw."""
+
+    name: str
+    weights: Path
+    split: Split
+
+
+def find_cross_validation_runs(runs_dir: Path) -> list[CrossValidationRun]:
+    """The training runs under ``runs_dir`` (each sub-folder with weights and ``split.json``,
+    as ``hippo-scp train --fold K`` writes them).
+
+    Why the checks: a pooled estimate is only honest if every case is scored once, by a model
+    that did not train on it, and if all folds cut the same shuffled order. So the runs must
+    share the split seed and fraction and their held-out sets must be disjoint; a repeat of
+    a fold (another seed, say) belongs in another folder.
+    """
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(f"{runs_dir} is not a folder of training runs")
+    runs = [
+        CrossValidationRun(d.name, d / WEIGHTS_FILENAME, Split.load(d / "split.json"))
+        for d in sorted(runs_dir.iterdir())
+        if (d / WEIGHTS_FILENAME).is_file() and (d / "split.json").is_file()
+    ]
+    if not runs:
+        raise FileNotFoundError(
+            f"no training runs in {runs_dir}: expected sub-folders holding "
+            f"{WEIGHTS_FILENAME} and split.json (hippo-scp train --fold K --out {runs_dir}/foldK)"
+        )
+    schemes = {(r.split.seed, r.split.val_fraction) for r in runs}
+    if len(schemes) > 1:
+        raise ValueError(f"the runs in {runs_dir} use different splits (seed, fraction): {schemes}")
+    owner: dict[str, str] = {}
+    for r in runs:
+        for cid in r.split.validation:
+            if cid in owner:
+                raise ValueError(
+                    f"{cid} is held out by both {owner[cid]} and {r.name}: each case must be "
+                    "scored by one fold only (move repeated folds to another folder)"
+                )
+            owner[cid] = r.name
+    return runs
+
+
+def run_cross_validation(
+    runs_dir: Path,
+    data_dir: Path | None = None,
+    csv_path: Path | None = None,
+    threads: int | None = None,
+    echo: Callable[[str], None] = print,
+) -> tuple[list[CaseMetrics], EvaluationSummary]:
+    """Score every fold's weights on the cases it held out and pool them: a recipe's accuracy
+    over the whole data set instead of one ~20-case split (whose mean moves by +-0.015)."""
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    runs = find_cross_validation_runs(runs_dir)
+    rows: list[CaseMetrics] = []
+    run_of_row: list[str] = []
+    versions: set[str] = set()
+    for run in runs:
+        segmenter = Segmenter(run.weights, num_threads=threads)
+        fold_rows = evaluate_cases(segmenter, data_dir, run.split.validation)
+        rows += fold_rows
+        run_of_row += [run.name] * len(fold_rows)
+        versions.add(segmenter.model_version)
+        echo(
+            f"{run.name:<14}fold {run.split.fold:>2}  {len(fold_rows):>3} cases  Dice "
+            f"{np.mean([r.dice_anterior for r in fold_rows]):.4f} / "
+            f"{np.mean([r.dice_posterior for r in fold_rows]):.4f}  {segmenter.model_version}"
+        )
+    n_data = len(list_case_ids(data_dir))
+    summary = summarise(rows, f"cross-validation of {len(runs)} runs ({len(versions)} weights)")
+    echo(format_table(rows, summary, per_case=False))
+    if len(rows) < n_data:
+        echo(f"note: the runs hold out {len(rows)} of the {n_data} cases in {data_dir}")
+    csv_path = Path(csv_path) if csv_path else Path(runs_dir) / "cross_validation.csv"
+    write_csv(rows, csv_path, runs=run_of_row)
+    echo(f"per-case CSV: {csv_path}")
     return rows, summary

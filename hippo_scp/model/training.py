@@ -66,6 +66,8 @@ class TrainConfig:
     seed: int = 0
     split_seed: int = 20240404
     val_fraction: float = 0.1
+    #: validation block of the split (0: the documented split; see dataset.Split)
+    fold: int = 0
     epochs: int = 400
     max_minutes: float | None = None
     threads: int | None = None
@@ -431,6 +433,7 @@ def _sidecar_metadata(
             "seed": cfg.seed,
             "split_seed": cfg.split_seed,
             "val_fraction": cfg.val_fraction,
+            **({"fold": cfg.fold} if cfg.fold else {}),
             "epochs_max": cfg.epochs,
             "max_minutes": cfg.max_minutes,
             "batch_size": cfg.batch_size,
@@ -494,16 +497,19 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         out_dir.mkdir(parents=True, exist_ok=True)
 
     ids = list_case_ids(cfg.data_dir)
-    split = make_split(ids, cfg.split_seed, cfg.val_fraction)
+    split = make_split(ids, cfg.split_seed, cfg.val_fraction, cfg.fold)
     train_ids, val_ids = split.train, split.validation
     if cfg.limit_cases:
         n_val = max(1, min(len(val_ids), cfg.limit_cases // 4))
         train_ids = train_ids[: max(1, cfg.limit_cases - n_val)]
         val_ids = val_ids[:n_val]
-        split = Split(split.seed, split.val_fraction, train_ids, val_ids)
+        split = Split(split.seed, split.val_fraction, train_ids, val_ids, split.fold)
     if cfg.write_outputs:
         split.save(out_dir / "split.json")
-    log(f"split seed {split.seed}: {len(train_ids)} train / {len(val_ids)} validation cases")
+    log(
+        f"split seed {split.seed}, fold {split.fold}: "
+        f"{len(train_ids)} train / {len(val_ids)} validation cases"
+    )
     train_cases = load_cases(cfg.data_dir, train_ids)
     val_cases = load_cases(cfg.data_dir, val_ids)
     samples = to_training_samples(train_cases)

@@ -56,6 +56,8 @@ def test_serve_help_with_config_explains_the_contract_flags() -> None:
         ("serve", "--settle", "-5"),
         ("train", "--out", "unused", "--rotation-axes", "0,3"),
         ("train", "--out", "unused", "--rotation-axes", "x"),
+        ("train", "--out", "unused", "--fold", "10"),
+        ("train", "--out", "unused", "--fold", "-1"),
     ],
 )
 def test_bad_flags_exit_with_code_2(args: tuple[str, ...]) -> None:
