@@ -27,7 +27,15 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_SUBCOMMAND_MODULES = ("serve", "analyze", "train", "evaluate", "check_config", "route_filter")
+_SUBCOMMAND_MODULES = (
+    "serve",
+    "analyze",
+    "train",
+    "evaluate",
+    "calibrate",
+    "check_config",
+    "route_filter",
+)
 
 
 def _version_callback(value: bool) -> None:

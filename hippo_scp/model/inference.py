@@ -133,6 +133,11 @@ class Segmenter:
         self.backend = "torchscript" if self._runner is not model else "eager"
         self._lock = threading.Lock()  # one forward at a time: keeps thread use predictable
 
+    @property
+    def network(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The network :meth:`segment` runs (frozen graph or eager): (N, 1, X, Y, Z) -> logits."""
+        return self._runner
+
     def segment(self, voxels: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray:
         """Label an (X, Y, Z) volume (any intensity scale): uint8 0/1/2, same shape as input."""
         with self._lock:

@@ -28,7 +28,15 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_help_lists_every_subcommand() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("serve", "analyze", "train", "evaluate", "check-config", "route-filter"):
+    for command in (
+        "serve",
+        "analyze",
+        "train",
+        "evaluate",
+        "calibrate",
+        "check-config",
+        "route-filter",
+    ):
         assert command in result.stdout
 
 
