@@ -135,6 +135,16 @@ def block_model() -> str:
     ):
         if training.get(key) is not None:
             rows.append((label, str(training[key])))
+    calibration = sidecar.get("calibration")
+    if calibration:
+        rows.append(
+            (
+                "Volume calibration",
+                f"background logit {calibration['background_logit_offset']:+} "
+                f"(chosen on {calibration.get('chosen_on', '?')}; "
+                f"uncalibrated weights sha256 {str(calibration.get('source_sha256', '?'))[:12]})",
+            )
+        )
     return table(["Item", "Value"], rows)
 
 

@@ -60,16 +60,19 @@ def test_positive_offset_shrinks_the_outline_and_gets_a_new_version(
 
 
 def test_offsets_add_up_and_the_sidecar_says_where_they_came_from(tmp_path: Path) -> None:
+    shipped_record = json.loads((SHIPPED / "hippo_unet.json").read_text())
+    shipped_offset = (shipped_record.get("calibration") or {}).get("background_logit_offset", 0.0)
     first, first_sha = write_calibrated(
         SHIPPED / WEIGHTS_FILENAME, 0.45, tmp_path / "a", {"chosen_on": "cv"}
     )
     second, _ = write_calibrated(first, 0.2, tmp_path / "b", {"chosen_on": "given (--offset)"})
     record = json.loads((tmp_path / "b" / "hippo_unet.json").read_text())
     calibration = record["calibration"]
-    assert calibration["background_logit_offset"] == pytest.approx(0.65)
-    assert calibration["previous_offset"] == pytest.approx(0.45)
+    assert calibration["background_logit_offset"] == pytest.approx(shipped_offset + 0.65)
+    assert calibration["previous_offset"] == pytest.approx(shipped_offset + 0.45)
+    assert calibration["applied_offset"] == pytest.approx(0.2)
     assert calibration["source_sha256"] == first_sha
-    shipped_record = json.loads((SHIPPED / "hippo_unet.json").read_text())
+    assert calibration["chosen_on"] == "given (--offset)"
     assert record["architecture"] == shipped_record["architecture"]
     assert record["training"] == shipped_record["training"]
     with pytest.raises(ValueError, match="write the calibrated copy elsewhere"):

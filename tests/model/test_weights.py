@@ -30,6 +30,17 @@ def test_version_is_sha_of_file(segmenter):
     assert default_weights_path().stat().st_size <= 20 * 1024 * 1024
 
 
+def test_shipped_calibration_traces_back_to_the_training_run():
+    """The shipped file is the training output plus a recorded offset: the sidecar names the
+    training output's SHA-256 (the one training_metrics.json recorded) and the offset."""
+    weights = default_weights_path()
+    calibration = json.loads(weights.with_suffix(".json").read_text())["calibration"]
+    training = json.loads((weights.parent / "training_metrics.json").read_text())
+    assert calibration["source_sha256"] == training["weights_sha256"]
+    assert calibration["background_logit_offset"] == pytest.approx(0.45)
+    assert "out-of-fold" in calibration["chosen_on"]
+
+
 def test_corrupt_weights_are_refused(tmp_path):
     src = default_weights_path()
     dst = tmp_path / src.name
