@@ -32,8 +32,9 @@ def evaluate_command(
     baseline: Path = typer.Option(
         None,
         "--baseline",
-        help="Another weights file to score on the same cases: prints the paired difference "
-        "(this model minus the baseline) with its 95 % bootstrap interval.",
+        help="Another weights file to score on the same cases (with --cross-validation: "
+        "another folder of fold runs): prints the paired difference (this model minus the "
+        "baseline) with its 95 % bootstrap interval.",
     ),
     cross_validation: Path = typer.Option(
         None,
@@ -47,13 +48,15 @@ def evaluate_command(
     from hippo_scp.model.evaluation import run_cross_validation, run_evaluation
 
     if cross_validation is not None:
-        if weights is not None or baseline is not None:
+        if weights is not None:
             raise typer.BadParameter(
-                "--cross-validation scores each fold's own weights: "
-                "leave out --weights and --baseline"
+                "--cross-validation scores each fold's own weights: leave out --weights "
+                "(--baseline then names another folder of fold runs)"
             )
         try:
-            run_cross_validation(cross_validation, data, csv, threads, echo=typer.echo)
+            run_cross_validation(
+                cross_validation, data, csv, threads, echo=typer.echo, baseline_dir=baseline
+            )
         except (FileNotFoundError, ValueError) as exc:
             raise typer.BadParameter(str(exc)) from exc
         return

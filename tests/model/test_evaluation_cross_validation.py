@@ -87,4 +87,24 @@ def test_cli_explains_an_empty_folder_and_conflicting_flags(tmp_path: Path) -> N
         app, ["evaluate", "--cross-validation", str(tmp_path), "--weights", "x.safetensors"]
     )
     assert result.exit_code == 2
-    assert "leave out --weights and --baseline" in _message(result.output)
+    assert "leave out --weights" in _message(result.output)
+
+
+def test_two_cross_validations_are_compared_case_by_case(tmp_path: Path, data_dir: Path) -> None:
+    ids = list_case_ids(data_dir)
+    for recipe in ("new", "old"):
+        _fold_run(tmp_path / recipe, "fold0", _split(ids, ids[:2], 0))
+        _fold_run(tmp_path / recipe, "fold1", _split(ids, ids[2:4], 1))
+    lines: list[str] = []
+    run_cross_validation(
+        tmp_path / "new", data_dir, threads=2, echo=lines.append, baseline_dir=tmp_path / "old"
+    )
+    text = "\n".join(lines)
+    assert f"{tmp_path / 'new'} minus {tmp_path / 'old'}" in text
+    # the same weights on the same cases: no difference, no case better or worse
+    assert "dice_posterior              +0.0000 [+0.0000, +0.0000]  better in 0, worse in 0" in text
+    _fold_run(tmp_path / "other", "fold0", _split(ids, ids[:3], 0))
+    with pytest.raises(ValueError, match="different cases"):
+        run_cross_validation(
+            tmp_path / "new", data_dir, threads=2, echo=str, baseline_dir=tmp_path / "other"
+        )
