@@ -109,6 +109,28 @@ def _env() -> dict:
     return env
 
 
+def _save_summary(path: Path, summary: dict, partial: bool) -> None:
+    """Write ``run_all.json``. A partial run (``--only``/``--skip``) updates the steps it ran
+    in the existing record instead of replacing it, so re-measuring one benchmark does not
+    erase how and when the others were measured; its machine line goes to ``partial_runs``."""
+    if partial and path.is_file():
+        try:
+            record = json.loads(path.read_text())
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and record.get("quick") == summary["quick"]:
+            record.setdefault("steps", {}).update(summary["steps"])
+            record.setdefault("partial_runs", []).append(
+                {
+                    "steps": list(summary["steps"]),
+                    "machine": summary["machine"],
+                    "loadavg_at_end": summary["loadavg_at_end"],
+                }
+            )
+            summary = record
+    path.write_text(json.dumps(summary, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 repetition, small studies")
@@ -165,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         summary["steps"][name] = status
         print(f"<== {name}: {status}", flush=True)
     summary["loadavg_at_end"] = loadavg()
-    (out_dir / "run_all.json").write_text(json.dumps(summary, indent=1) + "\n")
+    _save_summary(out_dir / "run_all.json", summary, partial=bool(args.only or skip))
 
     from benchmarks import plots, report
 
