@@ -411,11 +411,15 @@ def find_cross_validation_runs(runs_dir: Path) -> list[CrossValidationRun]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"{runs_dir} is not a folder of training runs")
-    runs = [
-        CrossValidationRun(d.name, d / WEIGHTS_FILENAME, Split.load(d / "split.json"))
-        for d in sorted(runs_dir.iterdir())
-        if (d / WEIGHTS_FILENAME).is_file() and (d / "split.json").is_file()
-    ]
+    runs = []
+    for d in sorted(runs_dir.iterdir()):
+        if not ((d / WEIGHTS_FILENAME).is_file() and (d / "split.json").is_file()):
+            continue
+        try:
+            split = Split.load(d / "split.json")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{d / 'split.json'} is not a split file: {exc!r}") from exc
+        runs.append(CrossValidationRun(d.name, d / WEIGHTS_FILENAME, split))
     if not runs:
         raise FileNotFoundError(
             f"no training runs in {runs_dir}: expected sub-folders holding "
@@ -478,6 +482,14 @@ def run_cross_validation(
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     runs = find_cross_validation_runs(runs_dir)
     base_runs = find_cross_validation_runs(baseline_dir) if baseline_dir is not None else None
+    if base_runs is not None:
+        held_out = {c for r in runs for c in r.split.validation}
+        base_held_out = {c for r in base_runs for c in r.split.validation}
+        if held_out != base_held_out:  # checked before hours of inference, not after
+            raise ValueError(
+                f"{runs_dir} and {baseline_dir} hold out different cases "
+                f"({len(held_out ^ base_held_out)} differ): a paired comparison needs the same"
+            )
     rows, run_of_row, versions = score_cross_validation(runs, data_dir, threads, echo)
     n_data = len(list_case_ids(data_dir))
     summary = summarise(rows, f"cross-validation of {len(runs)} runs ({len(versions)} weights)")

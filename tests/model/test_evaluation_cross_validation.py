@@ -104,7 +104,21 @@ def test_two_cross_validations_are_compared_case_by_case(tmp_path: Path, data_di
     # the same weights on the same cases: no difference, no case better or worse
     assert "dice_posterior              +0.0000 [+0.0000, +0.0000]  better in 0, worse in 0" in text
     _fold_run(tmp_path / "other", "fold0", _split(ids, ids[:3], 0))
-    with pytest.raises(ValueError, match="different cases"):
+    scored: list[str] = []
+    with pytest.raises(ValueError, match="hold out different cases"):
         run_cross_validation(
-            tmp_path / "new", data_dir, threads=2, echo=str, baseline_dir=tmp_path / "other"
+            tmp_path / "new",
+            data_dir,
+            threads=2,
+            echo=scored.append,
+            baseline_dir=tmp_path / "other",
         )
+    assert scored == []  # refused before any case was segmented
+
+
+def test_an_unreadable_split_file_is_named(tmp_path: Path, data_dir: Path) -> None:
+    ids = list_case_ids(data_dir)
+    run = _fold_run(tmp_path, "fold0", _split(ids, ids[:2], 0))
+    (run / "split.json").write_text('{"seed": 1}')
+    with pytest.raises(ValueError, match="split.json is not a split file"):
+        find_cross_validation_runs(tmp_path)
