@@ -80,6 +80,8 @@ def calibrate_command(
             "out_of_fold_mean_abs_volume_error_total_pct": round(
                 best.mean_abs_volume_error_total_pct, 3
             ),
+            # what one reported volume is worth; the report prints it next to the volumes
+            "out_of_fold_volume_error_pct": sweep.volume_errors(best.offset).to_dict(),
         }
     else:
         provenance = {"chosen_on": "given (--offset)"}

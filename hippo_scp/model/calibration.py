@@ -51,17 +51,62 @@ class OffsetScore:
     mean_volume_error_total_pct: float
 
 
+#: Structures whose out-of-fold volume error is summarised, in the order of the sweep's table.
+ERROR_STRUCTURES: tuple[str, ...] = ("total", "anterior", "posterior")
+
+
+@dataclass(frozen=True)
+class VolumeErrorStats:
+    """Out-of-fold |volume error| in % of the reference, per structure: what one reported
+    volume is worth (the report prints it next to the volumes)."""
+
+    n_cases: int
+    median_abs_pct: dict[str, float]
+    p90_abs_pct: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_cases": self.n_cases,
+            **{
+                name: {
+                    "median_abs": round(self.median_abs_pct[name], 2),
+                    "p90_abs": round(self.p90_abs_pct[name], 2),
+                }
+                for name in ERROR_STRUCTURES
+            },
+        }
+
+
 @dataclass(frozen=True)
 class CalibrationSweep:
-    """What a sweep used and found; ``skipped`` names runs left out (and why)."""
+    """What a sweep used and found; ``skipped`` names runs left out (and why).
+
+    ``per_case`` is (cases, offsets, 5): Dice anterior, Dice posterior, then the signed
+    volume error in % of the total, anterior and posterior structure.
+    """
 
     scores: list[OffsetScore]
     used_runs: list[str]
     skipped: dict[str, str]
+    per_case: np.ndarray
 
     @property
     def best(self) -> OffsetScore:
         return choose_offset(self.scores)
+
+    def volume_errors(self, offset: float) -> VolumeErrorStats:
+        """Distribution of the out-of-fold |volume error| at one of the swept offsets."""
+        index = [s.offset for s in self.scores].index(offset)
+        errors = np.abs(self.per_case[:, index, 2:])
+        return VolumeErrorStats(
+            n_cases=int(errors.shape[0]),
+            median_abs_pct={
+                n: float(np.median(errors[:, i])) for i, n in enumerate(ERROR_STRUCTURES)
+            },
+            p90_abs_pct={
+                n: float(np.percentile(errors[:, i], 90)) for i, n in enumerate(ERROR_STRUCTURES)
+            },
+        )
 
 
 def choose_offset(scores: Sequence[OffsetScore]) -> OffsetScore:
@@ -79,18 +124,29 @@ def case_logits(segmenter: Segmenter, image: np.ndarray) -> np.ndarray:
     return crop_padding(out[0].float().numpy(), prepared.pad)
 
 
+def _error_pct(pred: np.ndarray, truth: np.ndarray) -> float:
+    reference = float(truth.sum())
+    return 100.0 * (float(pred.sum()) - reference) / reference if reference else float("nan")
+
+
 def _score_offsets(
     logits: np.ndarray, truth: np.ndarray, offsets: Sequence[float]
-) -> list[tuple[float, float, float]]:
-    """(Dice anterior, Dice posterior, total volume error %) for each offset."""
-    reference_volume = float((truth > 0).sum())
+) -> list[tuple[float, float, float, float, float]]:
+    """For each offset: Dice anterior, Dice posterior, volume error % total/anterior/posterior."""
     out = []
     for b in offsets:
         shifted = logits.copy()
         shifted[BACKGROUND] += b
         pred = shifted.argmax(axis=0)
-        error = 100.0 * (float((pred > 0).sum()) - reference_volume) / reference_volume
-        out.append((dice(pred == 1, truth == 1), dice(pred == 2, truth == 2), error))
+        out.append(
+            (
+                dice(pred == 1, truth == 1),
+                dice(pred == 2, truth == 2),
+                _error_pct(pred > 0, truth > 0),
+                _error_pct(pred == 1, truth == 1),
+                _error_pct(pred == 2, truth == 2),
+            )
+        )
     return out
 
 
@@ -106,7 +162,7 @@ def sweep_background_offset(
     train on it). A run holding out any of ``exclude_cases`` (the validation cases of the model
     being calibrated) is skipped whole, so the model's own validation never chooses its offset.
     """
-    per_case: list[list[tuple[float, float, float]]] = []
+    per_case: list[list[tuple[float, float, float, float, float]]] = []
     used: list[str] = []
     skipped: dict[str, str] = {}
     for run in runs:
@@ -129,7 +185,7 @@ def sweep_background_offset(
             "no run is left to calibrate on: every run holds out validation cases of the model "
             f"being calibrated ({', '.join(skipped) or 'no runs given'})"
         )
-    table = np.array(per_case, dtype=float)  # cases x offsets x (ant, post, err)
+    table = np.array(per_case, dtype=float)  # cases x offsets x (Dice a/p, errors t/a/p)
     scores = [
         OffsetScore(
             offset=float(b),
@@ -141,7 +197,7 @@ def sweep_background_offset(
         )
         for i, b in enumerate(offsets)
     ]
-    return CalibrationSweep(scores, used, skipped)
+    return CalibrationSweep(scores, used, skipped, table)
 
 
 def format_sweep(sweep: CalibrationSweep) -> str:

@@ -82,6 +82,8 @@ class OutputIdentity:
 
     model_version: str
     weights_sha256: str
+    #: the model's measured volume error, as printed on the report (empty: not known)
+    model_error_lines: tuple[str, ...] = ()
     manufacturer: str = MANUFACTURER
     model_name: str = MODEL_NAME
     algorithm_name: str = ALGORITHM_NAME

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import datetime
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -74,6 +75,8 @@ class ReportContent:
     model_version: str
     weights_sha256: str
     software_version: str
+    #: the model's measured volume error (see :func:`describe_model_error`); may be empty
+    model_error_lines: Sequence[str] = ()
     generated: str = field(
         default_factory=lambda: datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     )
@@ -117,6 +120,27 @@ def _date(value: object) -> str:
     return text or "not recorded"
 
 
+def describe_model_error(metadata: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """Two report lines on what one volume is worth, from the weights' sidecar (the
+    out-of-fold volume error that ``hippo-scp calibrate`` recorded); none if it is absent.
+
+    Why on the report: a reader comparing two examinations needs to know that a few percent
+    of change in a part's volume is within the model's error, not atrophy.
+    """
+    try:
+        stats = metadata["calibration"]["out_of_fold_volume_error_pct"]  # type: ignore[index]
+        n = int(stats["n_cases"])
+        total, ant, post = stats["total"], stats["anterior"], stats["posterior"]
+        line2 = (
+            f"total ±{float(total['median_abs']):.1f} % "
+            f"(90 % of cases: ±{float(total['p90_abs']):.0f} %), "
+            f"ant. ±{float(ant['median_abs']):.0f} %, post. ±{float(post['median_abs']):.0f} %"
+        )
+    except (KeyError, TypeError, ValueError):
+        return ()
+    return (f"Volume error in cross-validation, median ({n} cases):", line2)
+
+
 def report_content_from_dataset(
     source: Dataset,
     volumes: HippocampusVolumes,
@@ -137,6 +161,7 @@ def report_content_from_dataset(
         model_version=identity.model_version,
         weights_sha256=identity.weights_sha256,
         software_version=identity.software_version,
+        model_error_lines=identity.model_error_lines,
     )
 
 
@@ -242,9 +267,14 @@ def render_report(
         font=_font(16),
         fill=_MUTED,
     )
+    for line in list(content.model_error_lines)[:2]:
+        y += 21
+        draw.text(
+            (x0, y), _fit(draw, line, _font(16), WIDTH - 16 - x0), font=_font(16), fill=_MUTED
+        )
 
     # Montage.
-    top = 300
+    top = 320
     draw.text(
         (24, top),
         "Slices with contours:  orange = anterior,  blue = posterior",

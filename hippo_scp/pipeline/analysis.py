@@ -36,6 +36,7 @@ from hippo_scp.outputs.identity import (
 )
 from hippo_scp.outputs.report_image import (
     build_report_sc,
+    describe_model_error,
     png_bytes,
     render_report,
     report_content_from_dataset,
@@ -175,6 +176,7 @@ class SeriesAnalyzer:
         self._identity = OutputIdentity(
             model_version=str(segmenter.model_version),
             weights_sha256=str(segmenter.weights_sha256),
+            model_error_lines=describe_model_error(getattr(segmenter, "metadata", None)),
         )
         self._lock = threading.Lock()
 

@@ -107,6 +107,17 @@ def test_sweep_scores_out_of_fold_cases_and_skips_the_models_own_validation(
     assert at_zero.mean_abs_volume_error_total_pct == pytest.approx(
         np.mean([abs(r.volume_error_total_pct) for r in rows])
     )
+    stats = sweep.volume_errors(0.0)
+    assert stats.n_cases == 2
+    assert stats.median_abs_pct["total"] == pytest.approx(
+        np.median([abs(r.volume_error_total_pct) for r in rows])
+    )
+    assert stats.median_abs_pct["posterior"] == pytest.approx(
+        np.median([abs(r.volume_error_posterior_pct) for r in rows])
+    )
+    assert stats.to_dict()["anterior"]["p90_abs"] == pytest.approx(
+        np.percentile([abs(r.volume_error_anterior_pct) for r in rows], 90), abs=0.01
+    )
     errors = [s.mean_volume_error_total_pct for s in sweep.scores]
     assert errors[0] > errors[1] > errors[2]  # a larger offset, a smaller outline
     with pytest.raises(ValueError, match="no run is left"):

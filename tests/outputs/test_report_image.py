@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 
 from hippo_scp import MANUFACTURER, SOFTWARE_NAME
 from hippo_scp.outputs.identity import REPORT_SERIES_DESCRIPTION
-from hippo_scp.outputs.report_image import HEIGHT, WIDTH, _font, _person_name
+from hippo_scp.outputs.report_image import (
+    HEIGHT,
+    WIDTH,
+    _font,
+    _person_name,
+    describe_model_error,
+    render_report,
+    report_content_from_dataset,
+)
+from tests.outputs.conftest import IDENTITY
 
 
 def test_report_sc_is_rgb_of_expected_size_and_not_blank(built):
@@ -45,3 +58,47 @@ def test_person_name_formatting():
     assert _person_name("Müller^Jürgen") == "Müller, Jürgen"
     assert _person_name("Yamada^Tarou=山田^太郎=やまだ^たろう") == "Yamada, Tarou"
     assert _person_name("") == "not recorded"
+
+
+SHIPPED_SIDECAR = Path(__file__).resolve().parents[2] / "model_weights" / "hippo_unet.json"
+
+
+def test_the_model_error_lines_come_from_the_shipped_sidecar():
+    sidecar = json.loads(SHIPPED_SIDECAR.read_text())
+    stats = sidecar["calibration"]["out_of_fold_volume_error_pct"]
+    lines = describe_model_error(sidecar)
+    assert lines[0] == f"Volume error in cross-validation, median ({stats['n_cases']} cases):"
+    assert f"total ±{stats['total']['median_abs']:.1f} %" in lines[1]
+    assert f"90 % of cases: ±{stats['total']['p90_abs']:.0f} %" in lines[1]
+    assert f"ant. ±{stats['anterior']['median_abs']:.0f} %" in lines[1]
+    # weights without the record (trained, never calibrated) print nothing rather than guess
+    assert describe_model_error({"training": {}}) == ()
+    assert describe_model_error(None) == ()
+    broken = {"calibration": {"out_of_fold_volume_error_pct": {"n_cases": "x"}}}
+    assert describe_model_error(broken) == ()
+
+
+def test_the_model_error_is_printed_under_the_volumes(built):
+    content = report_content_from_dataset(
+        built.sources[0], built.volumes, (), replace(IDENTITY, model_error_lines=("a", "b"))
+    )
+    assert tuple(content.model_error_lines) == ("a", "b")
+    frames = built.volume.to_frames(built.volume.voxels)
+    labels = built.volume.to_frames(built.labels)
+    fixed = {"generated": "2026-01-01 00:00"}
+    with_lines = render_report(
+        replace(
+            content,
+            model_error_lines=describe_model_error(json.loads(SHIPPED_SIDECAR.read_text())),
+            **fixed,
+        ),
+        frames,
+        labels,
+    )
+    without = render_report(replace(content, model_error_lines=(), **fixed), frames, labels)
+    changed = np.argwhere((with_lines != without).any(axis=2))
+    assert changed.size
+    rows, cols = changed[:, 0], changed[:, 1]
+    # only the block under the volume table (right half, above the montage) differs
+    assert rows.min() >= 270 and rows.max() < 320
+    assert cols.min() >= 500

@@ -31,6 +31,8 @@ def test_warm_up_runs_the_whole_analysis_with_the_shipped_model(caplog) -> None:
     from hippo_scp.pipeline.analysis import SeriesAnalyzer
 
     analyzer = SeriesAnalyzer(Segmenter(num_threads=2))
+    # the shipped model's measured volume error reaches the report
+    assert analyzer.identity.model_error_lines[0].startswith("Volume error in cross-validation")
     serialised: list[EncodedObjects] = []
     with caplog.at_level(logging.INFO, logger="hippo_scp.pipeline.warmup"):
         elapsed = warm_up(
