@@ -60,6 +60,9 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     save_file(tensors, str(path), metadata={"name": MODEL_NAME})
+    # safetensors creates the file owner-only (0600); a node running as another user (the
+    # Docker image's, a service account) must be able to read weights it is pointed at.
+    path.chmod(0o644)
     digest = sha256_file(path)
     payload = {"name": MODEL_NAME, "file": path.name, "sha256": digest, **metadata}
     sidecar_path(path).write_text(json.dumps(payload, indent=2) + "\n")

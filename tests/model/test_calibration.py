@@ -57,6 +57,7 @@ def test_positive_offset_shrinks_the_outline_and_gets_a_new_version(
         assert (labels[both] == base[both]).mean() > 0.99
     assert volumes[1.0] < int((base > 0).sum()) < volumes[-1.0]
     assert (tmp_path / "o1.0" / "split.json").read_text() == (SHIPPED / "split.json").read_text()
+    assert (tmp_path / "o1.0" / WEIGHTS_FILENAME).stat().st_mode & 0o044 == 0o044  # world-readable
 
 
 def test_offsets_add_up_and_the_sidecar_says_where_they_came_from(tmp_path: Path) -> None:
