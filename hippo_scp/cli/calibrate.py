@@ -26,7 +26,11 @@ def calibrate_command(
         metavar="DIR",
     ),
     offset: float = typer.Option(
-        None, "--offset", help="Apply this offset (logit units) instead of choosing one."
+        None,
+        "--offset",
+        help="The background-logit offset the output carries in total (logit units; the "
+        "shipped recipe's is 0.45), instead of choosing one. Calibrating a calibrated file "
+        "to the same value changes nothing.",
     ),
     out: Path = typer.Option(
         None,
@@ -71,7 +75,8 @@ def calibrate_command(
             raise typer.BadParameter(str(exc)) from exc
         typer.echo(format_sweep(sweep))
         best = sweep.best
-        offset = best.offset
+        # the swept offsets are on top of what the runs carry; the output carries both
+        offset = round(sweep.runs_offset + best.offset, 4)
         provenance = {
             "chosen_on": f"{best.n_cases} out-of-fold cases of {len(sweep.used_runs)} "
             f"cross-validation runs ({', '.join(sweep.used_runs)}); the model's own validation "
@@ -85,7 +90,7 @@ def calibrate_command(
         }
     else:
         provenance = {"chosen_on": "given (--offset)"}
-    typer.echo(f"offset: {offset:+.2f}")
+    typer.echo(f"offset: {offset:+.2f} in total")
     if out is None:
         return
     try:

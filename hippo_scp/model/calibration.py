@@ -89,6 +89,8 @@ class CalibrationSweep:
     used_runs: list[str]
     skipped: dict[str, str]
     per_case: np.ndarray
+    #: offset the runs' weights already carry (swept offsets are on top of it)
+    runs_offset: float = 0.0
 
     @property
     def best(self) -> OffsetScore:
@@ -107,6 +109,12 @@ class CalibrationSweep:
                 n: float(np.percentile(errors[:, i], 90)) for i, n in enumerate(ERROR_STRUCTURES)
             },
         )
+
+
+def calibration_offset(metadata: dict[str, Any] | None) -> float:
+    """The background-logit offset a weights file already carries (0: never calibrated)."""
+    record = (metadata or {}).get("calibration") or {}
+    return float(record.get("background_logit_offset", 0.0))
 
 
 def choose_offset(scores: Sequence[OffsetScore]) -> OffsetScore:
@@ -163,6 +171,7 @@ def sweep_background_offset(
     being calibrated) is skipped whole, so the model's own validation never chooses its offset.
     """
     per_case: list[list[tuple[float, float, float, float, float]]] = []
+    runs_offsets: set[float] = set()
     used: list[str] = []
     skipped: dict[str, str] = {}
     for run in runs:
@@ -173,6 +182,7 @@ def sweep_background_offset(
             )
             continue
         segmenter = Segmenter(run.weights, num_threads=threads)
+        runs_offsets.add(calibration_offset(segmenter.metadata))
         for case_id in run.split.validation:
             case = load_case(data_dir, case_id)
             if needs_resampling(case.spacing):
@@ -184,6 +194,11 @@ def sweep_background_offset(
         raise ValueError(
             "no run is left to calibrate on: every run holds out validation cases of the model "
             f"being calibrated ({', '.join(skipped) or 'no runs given'})"
+        )
+    if len(runs_offsets) > 1:
+        raise ValueError(
+            f"the runs carry different calibration offsets {sorted(runs_offsets)}: "
+            "calibrate on runs of one recipe"
         )
     table = np.array(per_case, dtype=float)  # cases x offsets x (Dice a/p, errors t/a/p)
     scores = [
@@ -197,7 +212,7 @@ def sweep_background_offset(
         )
         for i, b in enumerate(offsets)
     ]
-    return CalibrationSweep(scores, used, skipped, table)
+    return CalibrationSweep(scores, used, skipped, table, runs_offsets.pop())
 
 
 def format_sweep(sweep: CalibrationSweep) -> str:
@@ -231,19 +246,23 @@ def with_background_offset(
 
 
 def write_calibrated(
-    weights: Path, offset: float, out_dir: Path, provenance: dict[str, Any]
+    weights: Path, total_offset: float, out_dir: Path, provenance: dict[str, Any]
 ) -> tuple[Path, str]:
-    """Write ``weights`` with ``offset`` applied (and the split beside it) into ``out_dir``.
+    """Write ``weights`` so that they carry ``total_offset`` (and the split beside them) into
+    ``out_dir``.
 
-    The sidecar keeps the training record and adds ``calibration``: the total offset (offsets
-    add up when a calibrated file is calibrated again) and where it came from.
+    ``total_offset`` is what the output carries in all, not an increment: calibrating a
+    calibrated file again to the same value changes nothing (byte-identical weights), so the
+    recipe's command cannot be applied twice by mistake. The sidecar keeps the training record
+    and adds ``calibration``: the total, the part added here, and where it came from.
     """
     loaded = load_weights(weights)
     meta = {k: v for k, v in loaded.metadata.items() if k not in ("name", "file", "sha256")}
-    previous = float((meta.get("calibration") or {}).get("background_logit_offset", 0.0))
+    previous = calibration_offset(meta)
+    applied = round(total_offset - previous, 6)
     meta["calibration"] = {
-        "background_logit_offset": round(previous + offset, 4),
-        "applied_offset": offset,
+        "background_logit_offset": round(total_offset, 4),
+        "applied_offset": applied,
         "previous_offset": previous,
         "source_sha256": loaded.sha256,
         **provenance,
@@ -252,7 +271,7 @@ def write_calibrated(
     target = out_dir / Path(weights).name
     if target.resolve() == Path(weights).resolve():
         raise ValueError(f"{out_dir} holds the input weights: write the calibrated copy elsewhere")
-    digest = save_weights(with_background_offset(loaded.state_dict, offset), target, meta)
+    digest = save_weights(with_background_offset(loaded.state_dict, applied), target, meta)
     split = Path(weights).parent / "split.json"
     if split.is_file():
         Split.load(split)  # a readable split, or the calibrated model loses its provenance

@@ -60,22 +60,26 @@ def test_positive_offset_shrinks_the_outline_and_gets_a_new_version(
     assert (tmp_path / "o1.0" / WEIGHTS_FILENAME).stat().st_mode & 0o044 == 0o044  # world-readable
 
 
-def test_offsets_add_up_and_the_sidecar_says_where_they_came_from(tmp_path: Path) -> None:
+def test_the_offset_is_a_total_so_calibrating_twice_changes_nothing(tmp_path: Path) -> None:
     shipped_record = json.loads((SHIPPED / "hippo_unet.json").read_text())
-    shipped_offset = (shipped_record.get("calibration") or {}).get("background_logit_offset", 0.0)
+    shipped_offset = shipped_record.get("calibration", {}).get("background_logit_offset", 0.0)
     first, first_sha = write_calibrated(
-        SHIPPED / WEIGHTS_FILENAME, 0.45, tmp_path / "a", {"chosen_on": "cv"}
+        SHIPPED / WEIGHTS_FILENAME, 0.65, tmp_path / "a", {"chosen_on": "given (--offset)"}
     )
-    second, _ = write_calibrated(first, 0.2, tmp_path / "b", {"chosen_on": "given (--offset)"})
-    record = json.loads((tmp_path / "b" / "hippo_unet.json").read_text())
-    calibration = record["calibration"]
-    assert calibration["background_logit_offset"] == pytest.approx(shipped_offset + 0.65)
-    assert calibration["previous_offset"] == pytest.approx(shipped_offset + 0.45)
-    assert calibration["applied_offset"] == pytest.approx(0.2)
-    assert calibration["source_sha256"] == first_sha
+    calibration = json.loads((tmp_path / "a" / "hippo_unet.json").read_text())["calibration"]
+    assert calibration["background_logit_offset"] == pytest.approx(0.65)
+    assert calibration["previous_offset"] == pytest.approx(shipped_offset)
+    assert calibration["applied_offset"] == pytest.approx(0.65 - shipped_offset)
     assert calibration["chosen_on"] == "given (--offset)"
+    record = json.loads((tmp_path / "a" / "hippo_unet.json").read_text())
     assert record["architecture"] == shipped_record["architecture"]
     assert record["training"] == shipped_record["training"]
+    # the recipe's command run a second time: same total, nothing added, same bytes
+    second, second_sha = write_calibrated(first, 0.65, tmp_path / "b", {"chosen_on": "again"})
+    assert second_sha == first_sha
+    assert second.read_bytes() == first.read_bytes()
+    again = json.loads((tmp_path / "b" / "hippo_unet.json").read_text())["calibration"]
+    assert again["applied_offset"] == 0 and again["source_sha256"] == first_sha
     with pytest.raises(ValueError, match="write the calibrated copy elsewhere"):
         write_calibrated(second, 0.1, tmp_path / "b", {})
 
@@ -91,6 +95,8 @@ def test_sweep_scores_out_of_fold_cases_and_skips_the_models_own_validation(
         runs, data_dir, exclude_cases={ids[1]}, offsets=(-0.5, 0.0, 0.5), threads=2, echo=str
     )
     assert sweep.used_runs == ["fold1"]
+    shipped_record = json.loads((SHIPPED / "hippo_unet.json").read_text())
+    assert sweep.runs_offset == shipped_record["calibration"]["background_logit_offset"]
     assert "fold0" in sweep.skipped
     at_zero = next(s for s in sweep.scores if s.offset == 0.0)
     # offset 0 is the uncalibrated model: the same numbers the evaluation reports
@@ -123,6 +129,16 @@ def test_sweep_scores_out_of_fold_cases_and_skips_the_models_own_validation(
     assert errors[0] > errors[1] > errors[2]  # a larger offset, a smaller outline
     with pytest.raises(ValueError, match="no run is left"):
         sweep_background_offset(runs, data_dir, exclude_cases={ids[0], ids[2]}, echo=str)
+
+
+def test_runs_of_differently_calibrated_models_are_refused(tmp_path: Path, data_dir: Path) -> None:
+    ids = list_case_ids(data_dir)
+    _fold_run(tmp_path / "cv", "fold0", ids, ids[:1], 0)
+    write_calibrated(SHIPPED / WEIGHTS_FILENAME, 0.0, tmp_path / "cv" / "fold1", {})
+    Split(20240404, 0.1, ids[1:], ids[1:2], 1).save(tmp_path / "cv" / "fold1" / "split.json")
+    runs = find_cross_validation_runs(tmp_path / "cv")
+    with pytest.raises(ValueError, match="different calibration offsets"):
+        sweep_background_offset(runs, data_dir, offsets=(0.0,), threads=2, echo=str)
 
 
 def test_ties_go_to_the_offset_closest_to_zero() -> None:
