@@ -5,7 +5,6 @@ See :mod:`hippo_scp.model.calibration` for why and how the offset is chosen.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -45,7 +44,7 @@ def calibrate_command(
 ) -> None:
     """Choose (on cross-validation) or apply a background-logit offset; write the new model."""
     from hippo_scp.model.calibration import format_sweep, sweep_background_offset, write_calibrated
-    from hippo_scp.model.dataset import default_data_dir
+    from hippo_scp.model.dataset import Split, default_data_dir
     from hippo_scp.model.evaluation import find_cross_validation_runs
     from hippo_scp.model.inference import default_weights_path
 
@@ -57,9 +56,7 @@ def calibrate_command(
     provenance: dict[str, object]
     if cross_validation is not None:
         split_file = weights.parent / "split.json"
-        excluded = (
-            set(json.loads(split_file.read_text())["validation"]) if split_file.is_file() else set()
-        )
+        excluded = set(Split.load(split_file).validation) if split_file.is_file() else set()
         if not excluded:
             typer.echo(f"warning: no split.json beside {weights}: no cases are excluded")
         try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from hippo_scp.model.dataset import SPLIT_SEED, default_data_dir, fold_count, list_case_ids
+from hippo_scp.model.dataset import SPLIT_SEED, default_data_dir, list_case_ids, make_split
 
 
 def train_command(
@@ -95,10 +95,11 @@ def train_command(
     if not set(axes) <= {0, 1, 2}:
         raise typer.BadParameter(axes_error)
     data_dir = Path(data) if data else default_data_dir()
-    if fold != 0:
-        folds = fold_count(len(list_case_ids(data_dir)), val_fraction)
-        if not 0 <= fold < folds:
-            raise typer.BadParameter(f"--fold must be 0-{folds - 1} for this data and split")
+    if fold != 0:  # the split's own range check, as a usage error before any data loads
+        try:
+            make_split(list_case_ids(data_dir), split_seed, val_fraction, fold)
+        except ValueError as exc:
+            raise typer.BadParameter(f"--fold: {exc}") from exc
     cfg = TrainConfig(
         data_dir=data_dir,
         out_dir=Path(out),

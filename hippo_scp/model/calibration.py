@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from hippo_scp.model.dataset import Split, load_case
-from hippo_scp.model.evaluation import CrossValidationRun, dice
-from hippo_scp.model.inference import Segmenter
+from hippo_scp.model.evaluation import CrossValidationRun, dice, percent_error
+from hippo_scp.model.inference import Segmenter, network_scores
 from hippo_scp.model.preprocessing import crop_padding, needs_resampling, prepare_volume
 from hippo_scp.model.weights import load_weights, save_weights
 
@@ -125,16 +125,15 @@ def choose_offset(scores: Sequence[OffsetScore]) -> OffsetScore:
 
 
 def case_logits(segmenter: Segmenter, image: np.ndarray) -> np.ndarray:
-    """(C, X, Y, Z) network logits of a 1 mm volume on its own grid (padding removed)."""
+    """(C, X, Y, Z) network logits of a 1 mm volume on its own grid (padding removed), through
+    the same forward path as :meth:`Segmenter.segment`."""
     prepared = prepare_volume(image, (1.0, 1.0, 1.0), segmenter.config.multiple)
-    with torch.inference_mode():
-        out = segmenter.network(torch.from_numpy(prepared.array)[None, None])
-    return crop_padding(out[0].float().numpy(), prepared.pad)
+    scores = network_scores(segmenter.network, prepared, torch.device("cpu"))
+    return crop_padding(scores, prepared.pad)
 
 
 def _error_pct(pred: np.ndarray, truth: np.ndarray) -> float:
-    reference = float(truth.sum())
-    return 100.0 * (float(pred.sum()) - reference) / reference if reference else float("nan")
+    return percent_error(float(pred.sum()), float(truth.sum()))
 
 
 def _score_offsets(
@@ -183,6 +182,11 @@ def sweep_background_offset(
             continue
         segmenter = Segmenter(run.weights, num_threads=threads)
         runs_offsets.add(calibration_offset(segmenter.metadata))
+        if len(runs_offsets) > 1:  # before scoring this run's cases, not after all runs
+            raise ValueError(
+                f"the runs carry different calibration offsets {sorted(runs_offsets)}: "
+                "calibrate on runs of one recipe"
+            )
         for case_id in run.split.validation:
             case = load_case(data_dir, case_id)
             if needs_resampling(case.spacing):
@@ -194,11 +198,6 @@ def sweep_background_offset(
         raise ValueError(
             "no run is left to calibrate on: every run holds out validation cases of the model "
             f"being calibrated ({', '.join(skipped) or 'no runs given'})"
-        )
-    if len(runs_offsets) > 1:
-        raise ValueError(
-            f"the runs carry different calibration offsets {sorted(runs_offsets)}: "
-            "calibrate on runs of one recipe"
         )
     table = np.array(per_case, dtype=float)  # cases x offsets x (Dice a/p, errors t/a/p)
     scores = [

@@ -120,6 +120,11 @@ class CaseMetrics:
     inference_ms: float
 
 
+def percent_error(predicted: float, reference: float) -> float:
+    """Signed error in % of the reference (NaN when the reference is empty)."""
+    return 100.0 * (predicted - reference) / reference if reference else float("nan")
+
+
 def case_metrics(
     case_id: str,
     pred: np.ndarray,
@@ -137,7 +142,7 @@ def case_metrics(
         values[f"volume_true_{name}_mm3"] = vt
         values[f"volume_pred_{name}_mm3"] = vp
         values[f"volume_error_{name}_mm3"] = vp - vt
-        values[f"volume_error_{name}_pct"] = 100.0 * (vp - vt) / vt if vt else float("nan")
+        values[f"volume_error_{name}_pct"] = percent_error(vp, vt)
     offset = ap_boundary_index(pred) - ap_boundary_index(truth)
     values["ap_boundary_offset_mm"] = offset * float(spacing[AP_AXIS])
     resplit = split_at_reference_boundary(pred, truth)

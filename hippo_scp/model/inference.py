@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from hippo_scp.model.network import UNet3D, UNetConfig, fuse_batchnorm
-from hippo_scp.model.preprocessing import prepare_volume, restore_labels
+from hippo_scp.model.preprocessing import PreparedVolume, prepare_volume, restore_labels
 from hippo_scp.model.weights import WeightsIntegrityError, load_weights, model_version
 
 __all__ = [
@@ -46,6 +46,24 @@ def default_weights_path() -> Path:
     return Path(__file__).resolve().parents[2] / "model_weights" / WEIGHTS_FILENAME
 
 
+def network_scores(
+    model: Callable[[torch.Tensor], torch.Tensor | list[torch.Tensor]],
+    prepared: PreparedVolume,
+    device: torch.device | None = None,
+) -> np.ndarray:
+    """(C, X', Y', Z') class scores of a prepared volume on the padded network grid: logits,
+    or softmax probabilities when the volume was resampled (they are interpolated back)."""
+    if device is None:
+        device = next(model.parameters()).device  # type: ignore[attr-defined]
+    x = torch.from_numpy(prepared.array)[None, None].to(device)
+    with torch.inference_mode():
+        logits = model(x)
+        if isinstance(logits, list):
+            logits = logits[0]
+        scores = torch.softmax(logits, dim=1) if prepared.resampled else logits
+        return scores[0].float().cpu().numpy()
+
+
 def predict_labels(
     model: Callable[[torch.Tensor], torch.Tensor | list[torch.Tensor]],
     voxels: np.ndarray,
@@ -55,16 +73,7 @@ def predict_labels(
 ) -> np.ndarray:
     """Shared by :class:`Segmenter` and training-time validation, so both see one pipeline."""
     prepared = prepare_volume(voxels, spacing_mm, multiple)
-    if device is None:
-        device = next(model.parameters()).device  # type: ignore[attr-defined]
-    x = torch.from_numpy(prepared.array)[None, None].to(device)
-    with torch.inference_mode():
-        logits = model(x)
-        if isinstance(logits, list):
-            logits = logits[0]
-        scores = torch.softmax(logits, dim=1) if prepared.resampled else logits
-        scores_np = scores[0].float().cpu().numpy()
-    return restore_labels(scores_np, prepared)
+    return restore_labels(network_scores(model, prepared, device), prepared)
 
 
 def optimise_for_cpu(model: UNet3D) -> Callable[[torch.Tensor], torch.Tensor] | None:
