@@ -371,6 +371,34 @@ def inference_backends(data: dict) -> list[str]:
     return lines
 
 
+def inference_grids(data: dict) -> list[str]:
+    lines = ["### Inference across many volume sizes (benchmarks/bench_inference_grids.py)", ""]
+    lines += [
+        f"_{data.get('threads')} threads; one fresh process per condition and repetition; "
+        f"{data.get('grids')} distinct padded grids, each segmented once, then the four "
+        f"benchmark sizes cycled; load {data.get('machine', {}).get('loadavg_at_start')} -> "
+        f"{data.get('loadavg_at_end')}_",
+        "",
+        "| oneDNN primitive cache | n | peak RSS MB after the grids (median, min-max) "
+        "| four sizes cycled, ms | distinct sizes again, ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, cond in data.get("conditions", {}).items():
+        peak = cond["peak_rss_mb_after_grids"]
+        lines.append(
+            f"| {name} | {peak['n']} | {_s(peak['median'], 0)} ({_s(peak['min'], 0)}-"
+            f"{_s(peak['max'], 0)}) | {_s(cond['four_sizes_cycled_median_ms']['median'], 0)} "
+            f"| {_s(cond['repeat_distinct_median_ms']['median'], 0)} |"
+        )
+    lines += [
+        "",
+        f"Ratios bounded / oneDNN default: peak RSS "
+        f"**{_s(data.get('ratio_peak_rss_bounded_vs_default'), 2)}**, four sizes cycled "
+        f"{_s(data.get('ratio_four_sizes_ms_bounded_vs_default'), 2)}.",
+    ]
+    return lines
+
+
 def machine(results: Path) -> list[str]:
     for name in ("ingest", "end_to_end", "memory", "throughput", "node_tuning"):
         data = _load(results, name)
@@ -397,6 +425,7 @@ def render(results: Path) -> str:
         ("end_to_end_routed_per_instance", end_to_end),
         ("inference", inference),
         ("inference_backends", inference_backends),
+        ("inference_grids", inference_grids),
         ("memory", memory),
         ("throughput", throughput),
         ("node_tuning", tuning),

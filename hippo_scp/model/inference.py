@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hippo_scp.model.memory_limits import bound_primitive_cache, limit_malloc_arenas
 from hippo_scp.model.network import UNet3D, UNetConfig, fuse_batchnorm
 from hippo_scp.model.preprocessing import PreparedVolume, prepare_volume, restore_labels
 from hippo_scp.model.weights import WeightsIntegrityError, load_weights, model_version
@@ -109,6 +110,9 @@ class Segmenter:
     """Loads weights once (safetensors, SHA-256 verified), torch threads configurable."""
 
     def __init__(self, weights_path: Path | None = None, num_threads: int | None = None) -> None:
+        # Before the first forward pass: both only apply to what is allocated or compiled later.
+        limit_malloc_arenas()
+        bound_primitive_cache()
         path = Path(weights_path) if weights_path is not None else default_weights_path()
         loaded = load_weights(path)
         meta = loaded.metadata
