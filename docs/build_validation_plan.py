@@ -39,6 +39,7 @@ SIDECAR = REPO_ROOT / "model_weights" / "hippo_unet.json"
 MODEL_CARD = REPO_ROOT / "model_weights" / "MODEL_CARD.md"
 VALIDATION = DOCS_DIR / "examples" / "validation_metrics.json"
 STUDIES = DOCS_DIR / "examples" / "test_studies.json"
+DICOM_PATH = DOCS_DIR / "examples" / "dicom_path_metrics.json"
 FONTS = REPO_ROOT / "hippo_scp" / "outputs" / "fonts"
 
 #: Acceptance criteria of a release (section 7 of the plan). Key -> (label, test, threshold).
@@ -272,11 +273,55 @@ def block_test_studies() -> str:
     )
 
 
+def block_dicom_path() -> str:
+    measured = _load(DICOM_PATH)
+    if measured is None:
+        return (
+            f"**PENDING** — `{rel(DICOM_PATH)}` is not committed yet. Run `.venv/bin/python "
+            "docs/validate_dicom_path.py`."
+        )
+    s = measured["summary"]
+    rows = [
+        (
+            "Through the node (SEG / SR)",
+            f"{s['mean_dice_anterior']:.4f}",
+            f"{s['mean_dice_posterior']:.4f}",
+            f"{s['mean_abs_volume_error_total_pct']:.2f} %",
+        ),
+        (
+            "In-process on the NIfTI arrays",
+            f"{s['mean_dice_anterior_in_process']:.4f}",
+            f"{s['mean_dice_posterior_in_process']:.4f}",
+            "",
+        ),
+    ]
+    return (
+        f"Model `{measured['model_version']}`; {s['cases_with_results']} of {s['cases']} "
+        f"validation cases returned a SEG and an SR ({s['cases_stored_with_rescale']} stored "
+        "with a RescaleSlope because their intensities exceed int16).\n\n"
+        + table(
+            [
+                "Path",
+                "Mean Dice anterior",
+                "Mean Dice posterior",
+                "Mean abs. total-volume error (SR)",
+            ],
+            rows,
+        )
+        + f"\n\nThe SEG differs from the in-process labels in "
+        f"{s['voxels_differing_from_in_process']} voxels over "
+        f"{s['cases_differing_from_in_process']} cases (intensities rounded to integers for "
+        "DICOM); the SR's volumes differ from the SEG's voxel counts by at most "
+        f"{s['max_sr_minus_seg_volume_mm3']:.1f} mm³."
+    )
+
+
 BLOCKS = {
     "model": block_model,
     "validation-metrics": block_validation,
     "acceptance": block_acceptance,
     "test-studies": block_test_studies,
+    "dicom-path": block_dicom_path,
 }
 
 
