@@ -3,7 +3,8 @@
 Subcommands follow the product's jobs: ``serve`` (the DICOM node), ``analyze`` (the same
 pipeline on files, for validation and scripting), ``train`` and ``evaluate`` (the model),
 ``check-config`` (check a configuration file without starting anything), ``route-filter``
-(the series a PACS router must send, from the selection rules).
+(the series a PACS router must send, from the selection rules), ``status`` (is the node up,
+is anything stuck in its outbox, what its audit log counted).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ _SUBCOMMAND_MODULES = (
     "calibrate",
     "check_config",
     "route_filter",
+    "status",
 )
 
 

@@ -36,6 +36,7 @@ def test_help_lists_every_subcommand() -> None:
         "calibrate",
         "check-config",
         "route-filter",
+        "status",
     ):
         assert command in result.stdout
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -123,6 +124,24 @@ def test_echo_and_access_control(node_a: NodeProcess) -> None:
     rejected = [r for r in records if r.get("event") == "association_rejected"]
     assert {r["calling_ae_title"] for r in rejected} >= {"ECHOSCU", "INTRUDER"}
     assert all(r["peer_address"] == "127.0.0.1" for r in rejected)
+
+
+def test_status_command_asks_the_running_node(node_a: NodeProcess) -> None:
+    """``hippo-scp status`` as a monitoring check: 0 while the node answers, 1 with the
+    node's own rejection reason when the access rules refuse the status check's AE title."""
+
+    def status(*args: str) -> subprocess.CompletedProcess[str]:
+        return run(
+            sys.executable, "-m", "hippo_scp", "status", "--config", str(node_a.config),
+            "--port", str(node_a.port), *args,
+        )  # fmt: skip
+
+    up = status("--calling-ae", "ECHOSCU")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert f"HIPPOAI@127.0.0.1:{node_a.port}: answers C-ECHO" in up.stdout
+    refused = status("--calling-ae", "NOTALLOWED")
+    assert refused.returncode == 1
+    assert "association rejected" in refused.stdout
 
 
 def test_three_studies_in_one_association_give_one_result_set_each(
