@@ -10,8 +10,9 @@ a monitoring script (its exit status says whether anything needs a person):
   oldest (sets leave the outbox only when the PACS has stored them), sets waiting for a folder
   that is no longer a destination, files in quarantine.
 * **What did it do lately?** The audit log over a time window: associations by outcome and
-  rejection reason, instances stored and refused, result sets delivered per destination,
-  starts and stops.
+  rejection reason, instances stored and refused, series analysed with results / refused
+  (bad input, by error kind) / failed, result sets delivered per destination, starts and
+  stops.
 
 Nothing here changes state: the outbox is listed, never prepared or cleaned; patient data is
 never read (the audit log carries none, and summaries are not opened).
@@ -94,6 +95,8 @@ class AuditSummary:
     instances_stored: int = 0
     instances_refused: int = 0
     results_sent: Counter[str] = field(default_factory=Counter)  # per destination
+    analyses: Counter[str] = field(default_factory=Counter)  # outcome -> series
+    refusal_kinds: Counter[str] = field(default_factory=Counter)  # "SliceGapError" -> series
     last_started: str | None = None
     last_stopped: str | None = None
     unreadable_lines: int = 0
@@ -204,6 +207,11 @@ def summarise_audit_log(path: Path | None, since: datetime) -> AuditSummary:
                 summary.rejection_reasons[str(record.get("reason", "?"))] += 1
             summary.instances_stored += int(record.get("instances_stored", 0) or 0)
             summary.instances_refused += int(record.get("instances_refused", 0) or 0)
+            if event == "series_analysis":
+                outcome = str(record.get("outcome", "?"))
+                summary.analyses[outcome] += 1
+                if outcome != "results_queued":
+                    summary.refusal_kinds[_reason_kind(str(record.get("reason", "?")))] += 1
             if event == "results_sent" and record.get("outcome") == "success":
                 summary.results_sent[str(record.get("destination", "?"))] += 1
             if event == "node_started":
@@ -211,6 +219,12 @@ def summarise_audit_log(path: Path | None, since: datetime) -> AuditSummary:
             if event == "node_stopped":
                 summary.last_stopped = record["time"]
     return summary
+
+
+def _reason_kind(reason: str) -> str:
+    """``"SliceGapError: slice 7 ..."`` -> ``"SliceGapError"``; other reasons as they are."""
+    head = reason.split(":", 1)[0]
+    return head if head.endswith("Error") else reason
 
 
 def node_status(
@@ -283,6 +297,12 @@ def format_status(status: NodeStatus) -> str:
         )
         out.append(
             f"  instances: {audit.instances_stored} stored, {audit.instances_refused} refused"
+        )
+        kinds = ", ".join(f"{k}: {n}" for k, n in audit.refusal_kinds.most_common())
+        out.append(
+            f"  series analysed: {audit.analyses['results_queued']} with results, "
+            f"{audit.analyses['refused']} refused, {audit.analyses['failed']} failed"
+            + (f" ({kinds})" if kinds else "")
         )
         top = audit.results_sent.most_common(MAX_LISTED_DESTINATIONS)
         sent = ", ".join(f"{d}: {n}" for d, n in top) or "none"

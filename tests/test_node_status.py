@@ -108,6 +108,11 @@ def test_audit_summary_counts_the_window_and_skips_garbage(tmp_path) -> None:
                 reason="calling AE title not allowed",
             )  # fmt: skip
         audit_event("results_sent", destination="ORTHANC@127.0.0.1:4242", outcome="success")
+        audit_event("series_analysis", series="s-1", outcome="results_queued")
+        audit_event(
+            "series_analysis", series="s-2", outcome="refused",
+            reason="SliceGapError: slice 7 missing; no results sent",
+        )  # fmt: skip
     finally:
         for handler in list(logging.getLogger(AUDIT_LOGGER_NAME).handlers):
             handler.close()
@@ -121,6 +126,8 @@ def test_audit_summary_counts_the_window_and_skips_garbage(tmp_path) -> None:
     assert summary.rejection_reasons == {"calling AE title not allowed": 2}
     assert (summary.instances_stored, summary.instances_refused) == (32, 1)
     assert summary.results_sent == {"ORTHANC@127.0.0.1:4242": 1}
+    assert summary.analyses == {"results_queued": 1, "refused": 1}
+    assert summary.refusal_kinds == {"SliceGapError": 1}
     assert summary.last_started is not None and summary.unreadable_lines == 1
     assert (
         summarise_audit_log(log, datetime(2019, 1, 1, tzinfo=UTC)).events["association_accepted"]

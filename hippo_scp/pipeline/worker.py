@@ -29,6 +29,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from hippo_scp.assembly.series_store import ReceivedInstance, SeriesJob, SeriesStore
 from hippo_scp.imaging.errors import VolumeError
+from hippo_scp.logging_setup import audit_event
 from hippo_scp.network.outbox import EncodedObjects
 
 LOGGER = logging.getLogger(__name__)
@@ -223,6 +224,7 @@ class AnalysisWorker(threading.Thread):
                 self._outbox.directory,
                 error.strerror or type(error).__name__,
             )
+            self._audit(job, "failed", f"outbox write failed: {error.strerror or error}")
             return None
         self._store.mark_analysed(job.key, content)
         self._retire(job)  # only now: the results are durable in the outbox
@@ -233,6 +235,7 @@ class AnalysisWorker(threading.Thread):
             len(job.instances),
             job.trigger,
         )
+        self._audit(job, "results_queued", None)
         self._on_results()
         return outbox_id
 
@@ -292,7 +295,22 @@ class AnalysisWorker(threading.Thread):
                     refusal.count,
                     refusal.reason,
                 )
+        self._audit(job, "failed" if refusal.error is not None else "refused", refusal.reason)
         self._retire(job)
+
+    @staticmethod
+    def _audit(job: SeriesJob, outcome: str, reason: str | None) -> None:
+        """One ``series_analysis`` audit record per filed outcome (``hippo-scp status`` counts
+        them): the series label, never patient data; the reason as the log states it."""
+        fields: dict[str, Any] = {
+            "series": job.label,
+            "instances": len(job.instances),
+            "trigger": job.trigger,
+            "outcome": outcome,
+        }
+        if reason is not None:
+            fields["reason"] = reason
+        audit_event("series_analysis", **fields)
 
     def _retire(self, job: SeriesJob) -> None:
         if self._spool is not None:

@@ -838,6 +838,12 @@ def test_audit_log_records_association_events(node: HardNode) -> None:
     rejected = [r for r in records if r["event"] == "association_rejected"]
     assert {r["calling_ae_title"] for r in rejected} >= {"INTRUDER"}
     assert all(r.get("reason") for r in rejected)
+    # Each series the worker filed: results queued, or refused with the log's reason.
+    analyses = [r for r in records if r["event"] == "series_analysis"]
+    outcomes = Counter(r["outcome"] for r in analyses)
+    assert outcomes["results_queued"] >= 1 and outcomes["refused"] >= 5, outcomes
+    assert any("SliceGapError" in r.get("reason", "") for r in analyses)
+    assert all(r["series"].startswith("s-") for r in analyses)
 
 
 def test_audit_log_one_end_record_per_association_with_counts(node: HardNode) -> None:
