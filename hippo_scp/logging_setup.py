@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import sys
 import threading
 from collections import OrderedDict
@@ -207,7 +208,9 @@ def configure_logging(
         existing.close()
     if audit_log is not None:
         audit_log.parent.mkdir(parents=True, exist_ok=True)
-        audit_handler = logging.FileHandler(audit_log, encoding="utf-8")
+        # Watched: when logrotate (or an operator) moves the file away, the next record
+        # reopens the path instead of going on writing into the rotated file.
+        audit_handler = logging.handlers.WatchedFileHandler(audit_log, encoding="utf-8")
         audit_handler.setFormatter(JsonLineFormatter())
         audit_handler.addFilter(PATIENT_GUARD)
         audit.addHandler(audit_handler)

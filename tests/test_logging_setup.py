@@ -86,6 +86,20 @@ def test_json_lines_and_audit_log(log_stream, tmp_path: Path) -> None:
     assert audit_record["calling_ae_title"] == "ORTHANC"
 
 
+def test_audit_log_follows_logrotate(log_stream, tmp_path: Path) -> None:
+    """logrotate's default moves the file and expects the writer to create a new one."""
+    audit = tmp_path / "audit.jsonl"
+    configure_logging("INFO", "json", stream=log_stream, audit_log=audit)
+    audit_event("node_started", ae_title="HIPPOAI")
+    audit.rename(tmp_path / "audit.jsonl.1")
+    audit_event("node_stopped", ae_title="HIPPOAI")
+    assert [json.loads(line)["event"] for line in audit.read_text().splitlines()] == [
+        "node_stopped"
+    ]
+    rotated = (tmp_path / "audit.jsonl.1").read_text().splitlines()
+    assert [json.loads(line)["event"] for line in rotated] == ["node_started"]
+
+
 def test_pynetdicom_error_flood_is_capped(log_stream) -> None:
     configure_logging("INFO", "text", stream=log_stream)
     dul = logging.getLogger("pynetdicom.dul")

@@ -7,8 +7,8 @@ against a running node is tested in ``tests/network/test_node_network.py``.
 
 from __future__ import annotations
 
+import io
 import json
-import logging
 import subprocess
 import sys
 import time
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from hippo_scp.config import config_from_mapping
-from hippo_scp.logging_setup import AUDIT_LOGGER_NAME, audit_event, configure_logging
+from hippo_scp.logging_setup import audit_event, configure_logging
 from hippo_scp.network.outbox import Outbox, destination_folder_name
 from hippo_scp.node_status import (
     echo_node,
@@ -114,9 +114,7 @@ def test_audit_summary_counts_the_window_and_skips_garbage(tmp_path) -> None:
             reason="SliceGapError: slice 7 missing; no results sent",
         )  # fmt: skip
     finally:
-        for handler in list(logging.getLogger(AUDIT_LOGGER_NAME).handlers):
-            handler.close()
-            logging.getLogger(AUDIT_LOGGER_NAME).removeHandler(handler)
+        configure_logging("WARNING", "text", stream=io.StringIO(), audit_log=None)
     old = {"time": "2020-01-01T00:00:00.000+00:00", "event": "association_accepted"}
     with log.open("a", encoding="utf-8") as f:
         f.write(json.dumps(old) + "\n" + "{truncated line\n")
