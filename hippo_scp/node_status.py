@@ -21,6 +21,7 @@ never read (the audit log carries none, and summaries are not opened).
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from hippo_scp.config import NodeConfig
 from hippo_scp.network.outbox import destination_folder_name
+from hippo_scp.network.tls import client_context
 
 __all__ = [
     "AuditSummary",
@@ -129,9 +131,15 @@ class NodeStatus:
 
 
 def echo_node(
-    host: str, port: int, called_ae_title: str, calling_ae_title: str, timeout_s: float = 5.0
+    host: str,
+    port: int,
+    called_ae_title: str,
+    calling_ae_title: str,
+    timeout_s: float = 5.0,
+    tls_context: ssl.SSLContext | None = None,
 ) -> EchoResult:
-    """One C-ECHO (Verification SCU), the way a PACS tests a modality."""
+    """One C-ECHO (Verification SCU), the way a PACS tests a modality (over DICOM TLS when
+    ``tls_context`` is given)."""
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
@@ -140,13 +148,15 @@ def echo_node(
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     started = time.perf_counter()
-    assoc = ae.associate(host, port, ae_title=called_ae_title)
+    tls_args = (tls_context, None) if tls_context is not None else None
+    assoc = ae.associate(host, port, ae_title=called_ae_title, tls_args=tls_args)
     try:
         if assoc.is_rejected:
             reason = assoc.acceptor.primitive.reason_str if assoc.acceptor.primitive else "?"
             return EchoResult(address, False, f"association rejected: {reason}")
         if not assoc.is_established:
-            return EchoResult(address, False, "connection refused or timed out")
+            why = "TLS handshake failed or " if tls_context is not None else ""
+            return EchoResult(address, False, f"{why}connection refused or timed out")
         status = assoc.send_c_echo()
         elapsed_ms = (time.perf_counter() - started) * 1000
         if status and status.get("Status") == 0x0000:
@@ -240,7 +250,19 @@ def node_status(
     echo_result = None
     if echo:
         target = host or _connect_address(config.node.bind_address)
-        echo_result = echo_node(target, config.node.port, config.node.ae_title, calling_ae_title)
+        try:
+            context = _own_node_tls_context(config) if config.tls.enabled else None
+        except (OSError, ssl.SSLError) as error:
+            address = f"{config.node.ae_title}@{target}:{config.node.port}"
+            echo_result = EchoResult(address, False, f"TLS set-up failed: {error}")
+        else:
+            echo_result = echo_node(
+                target,
+                config.node.port,
+                config.node.ae_title,
+                calling_ae_title,
+                tls_context=context,
+            )
     since = datetime.now(UTC) - window
     return NodeStatus(
         ae_title=config.node.ae_title,
@@ -249,6 +271,17 @@ def node_status(
         audit=summarise_audit_log(config.logging.audit_log, since),
         stale_after_s=stale_after_s,
     )
+
+
+def _own_node_tls_context(config: NodeConfig) -> ssl.SSLContext:
+    """The sender's TLS client context, made to check our own node: its certificate is
+    verified against the CA bundle or, self-signed, against itself; not against the host name
+    (the node is asked by address), and ours is presented for require_client_certificate."""
+    context = client_context(config.tls)
+    context.check_hostname = False
+    if config.tls.certificate is not None:
+        context.load_verify_locations(cafile=str(config.tls.certificate))
+    return context
 
 
 def _connect_address(bind_address: str) -> str:

@@ -23,6 +23,7 @@ from hippo_scp import MANUFACTURER
 from hippo_scp.config import load_config
 from hippo_scp.network.response_guard import keep_responses_for_caller
 from hippo_scp.node import SHUTDOWN_ASSOCIATION_WAIT_S, Node
+from hippo_scp.node_status import node_status
 from tests.network.conftest import Sink, free_port, require_dcmtk, wait_until
 from tests.network.test_outbox_worker import sc_dataset
 
@@ -91,6 +92,12 @@ def test_tls_echo(start_node, tmp_path: Path) -> None:
     assert secure.returncode == 0, secure.stderr
     plain = echo(port)
     assert plain.returncode != 0
+    # `hippo-scp status` asks a TLS node over TLS, trusting its self-signed certificate.
+    status = node_status(node.config, echo=True)
+    assert status.echo is not None and status.echo.answered, status.echo
+    plain_tls = node.config.tls.model_copy(update={"enabled": False})
+    without_tls = node.config.model_copy(update={"tls": plain_tls})
+    assert not node_status(without_tls, echo=True).echo.answered
 
 
 def _openssl(*args: str) -> None:
