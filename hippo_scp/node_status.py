@@ -316,7 +316,9 @@ def format_status(status: NodeStatus) -> str:
             out.append(f"  {folder.name:<40} {folder.waiting} result set(s) waiting{age}{note}")
         out.append(f"  {QUARANTINE:<40} {box.quarantined_files} file(s)")
     audit = status.audit
-    if not audit.exists:
+    if audit.path is None:
+        out.append("audit log disabled (logging.audit_log: null): no activity counts")
+    elif not audit.exists:
         out.append(f"audit log {audit.path}: absent (logging.audit_log)")
     else:
         ev = audit.events

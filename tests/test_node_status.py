@@ -149,7 +149,11 @@ def test_cli_exit_codes(tmp_path) -> None:
     config.write_text(f"outbox:\n  directory: {tmp_path / 'outbox'}\nlogging:\n  audit_log: null\n")
     quiet = status("--config", str(config), "--no-echo")
     assert quiet.returncode == 0, quiet.stdout + quiet.stderr
-    assert "status: OK" in quiet.stdout
+    assert "status: OK" in quiet.stdout and "audit log disabled" in quiet.stdout
+    # serve's flags describe the node as it was started: a --destination replaces the file's.
+    (tmp_path / "outbox").mkdir()
+    flagged = status("--config", str(config), "--no-echo", "--destination", "PACS2@10.1.1.1:104")
+    assert "PACS2@10.1.1.1_104" in flagged.stdout and "ORTHANC" not in flagged.stdout
     down = status("--config", str(config), "--port", "1", "--json")
     assert down.returncode == 1
     assert "does not answer C-ECHO" in json.loads(down.stdout)["problems"][0]

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import typer
 
-from hippo_scp.cli.check_config import load_config_or_exit
+from hippo_scp.cli.serve import build_serve_config
+from hippo_scp.config import ConfigError
 
 
 def register(app: typer.Typer) -> None:
@@ -28,12 +29,15 @@ def register(app: typer.Typer) -> None:
             help="The node's configuration (outbox, audit log, AE title, port).",
             dir_okay=False,
         ),
-        port: int | None = typer.Option(
-            None, "--port", help="The node's port, if it was started with --port."
-        ),
         ae_title: str | None = typer.Option(
-            None, "--ae-title", help="The node's AE title, if it was started with --ae-title."
+            None, "--ae-title", help="As given to serve: the node's AE title."
         ),
+        port: int | None = typer.Option(None, "--port", help="As given to serve: its port."),
+        bind: str | None = typer.Option(None, "--bind", help="As given to serve."),
+        destination: list[str] | None = typer.Option(
+            None, "--destination", help="As given to serve (AET@HOST:PORT, repeatable)."
+        ),
+        outbox: Path | None = typer.Option(None, "--outbox", help="As given to serve."),
         host: str | None = typer.Option(
             None, "--host", help="Where to send the C-ECHO (default: the bind address)."
         ),
@@ -54,16 +58,18 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Report whether the node answers, what waits in its outbox, and its audit counts.
 
-        Exit code 0 when nothing needs attention, 1 when something does, 2 for an invalid
-        configuration. Reads only: the outbox is listed, never changed.
+        Give it the configuration file and the flags the node was started with (serve's
+        --ae-title, --port, --bind, --destination, --outbox). Exit code 0 when nothing needs
+        attention, 1 when something does, 2 for an invalid configuration. Reads only: the
+        outbox is listed, never changed.
         """
         from hippo_scp.node_status import format_status, node_status
 
-        loaded = load_config_or_exit(config)
-        node = loaded.node.model_copy(
-            update={k: v for k, v in (("port", port), ("ae_title", ae_title)) if v is not None}
-        )
-        loaded = loaded.model_copy(update={"node": node})
+        try:
+            loaded = build_serve_config(config, ae_title, port, bind, destination, outbox=outbox)
+        except ConfigError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
         result = node_status(
             loaded,
             window=timedelta(hours=hours),
