@@ -177,6 +177,8 @@ def _readme(files: list[str], images: list[Path], version: str, sha: str) -> str
         "result.json": "what `hippo-scp analyze` writes next to the objects (no patient data)",
         STUDIES_JSON: "volumes and QC flags for Study1-3 (input of the validation plan)",
         VALIDATION_JSON: "Dice and volume error on the validation split (validation plan)",
+        "dicom_path_metrics.json": "the validation split sent as DICOM through a running node, "
+        "its SEG / SR scored (`docs/validate_dicom_path.py`)",
     }
     lines += [f"| [`{name}`]({name}) | {what.get(name, '')} |" for name in files]
     lines += ["", "![report](report.png)", ""]
