@@ -11,8 +11,8 @@ a monitoring script (its exit status says whether anything needs a person):
   that is no longer a destination, files in quarantine.
 * **What did it do lately?** The audit log over a time window: associations by outcome and
   rejection reason, instances stored and refused, series analysed with results / refused
-  (bad input, by error kind) / failed, result sets delivered per destination, starts and
-  stops.
+  (bad input, by error kind) / failed, result sets delivered per destination, destination
+  outages (and which destination is failing now, since when, why), starts and stops.
 
 Nothing here changes state: the outbox is listed, never prepared or cleaned; patient data is
 never read (the audit log carries none, and summaries are not opened).
@@ -99,6 +99,9 @@ class AuditSummary:
     results_sent: Counter[str] = field(default_factory=Counter)  # per destination
     analyses: Counter[str] = field(default_factory=Counter)  # outcome -> series
     refusal_kinds: Counter[str] = field(default_factory=Counter)  # "SliceGapError" -> series
+    outages: Counter[str] = field(default_factory=Counter)  # destination -> outages begun
+    #: Destinations whose last outage record (whole log) has no recovery: since, reason.
+    failing: dict[str, tuple[str, str]] = field(default_factory=dict)
     last_started: str | None = None
     last_stopped: str | None = None
     unreadable_lines: int = 0
@@ -210,8 +213,15 @@ def summarise_audit_log(path: Path | None, since: datetime) -> AuditSummary:
             except (ValueError, KeyError, TypeError):
                 summary.unreadable_lines += bool(line.strip())
                 continue
+            destination = str(record.get("destination", "?"))
+            if event == "destination_unreachable":  # open outages: over the whole log
+                summary.failing[destination] = (record["time"], str(record.get("reason", "?")))
+            elif event == "destination_recovered":
+                summary.failing.pop(destination, None)
             if when < since:
                 continue
+            if event == "destination_unreachable":
+                summary.outages[destination] += 1
             summary.events[event] += 1
             if event == "association_rejected":
                 summary.rejection_reasons[str(record.get("reason", "?"))] += 1
@@ -223,7 +233,7 @@ def summarise_audit_log(path: Path | None, since: datetime) -> AuditSummary:
                 if outcome != "results_queued":
                     summary.refusal_kinds[_reason_kind(str(record.get("reason", "?")))] += 1
             if event == "results_sent" and record.get("outcome") == "success":
-                summary.results_sent[str(record.get("destination", "?"))] += 1
+                summary.results_sent[destination] += 1
             if event == "node_started":
                 summary.last_started = record["time"]
             if event == "node_stopped":
@@ -344,6 +354,11 @@ def format_status(status: NodeStatus) -> str:
         if len(audit.results_sent) > len(top):
             sent += f", {len(audit.results_sent) - len(top)} other destination(s)"
         out.append(f"  result sets delivered: {sum(audit.results_sent.values())} ({sent})")
+        if audit.outages:
+            begun = ", ".join(f"{d}: {n}" for d, n in audit.outages.most_common())
+            out.append(f"  destination outages begun: {sum(audit.outages.values())} ({begun})")
+        for destination, (since_time, reason) in sorted(audit.failing.items()):
+            out.append(f"  {destination} failing since {since_time}: {reason}")
         out.append(
             f"  node started {ev['node_started']}x (last {audit.last_started or '-'}), "
             f"stopped {ev['node_stopped']}x (last {audit.last_stopped or '-'})"

@@ -109,6 +109,12 @@ def test_audit_summary_counts_the_window_and_skips_garbage(tmp_path) -> None:
             )  # fmt: skip
         audit_event("results_sent", destination="ORTHANC@127.0.0.1:4242", outcome="success")
         audit_event("series_analysis", series="s-1", outcome="results_queued")
+        for destination in ("A@h:1", "B@h:2"):
+            audit_event(
+                "destination_unreachable", destination=destination, outcome="failed",
+                reason="association rejected",
+            )  # fmt: skip
+        audit_event("destination_recovered", destination="A@h:1", outcome="recovered")
         audit_event(
             "series_analysis", series="s-2", outcome="refused",
             reason="SliceGapError: slice 7 missing; no results sent",
@@ -126,6 +132,11 @@ def test_audit_summary_counts_the_window_and_skips_garbage(tmp_path) -> None:
     assert summary.results_sent == {"ORTHANC@127.0.0.1:4242": 1}
     assert summary.analyses == {"results_queued": 1, "refused": 1}
     assert summary.refusal_kinds == {"SliceGapError": 1}
+    assert summary.outages == {"A@h:1": 1, "B@h:2": 1}
+    assert list(summary.failing) == ["B@h:2"]  # A recovered
+    assert "B@h:2 failing since" in format_status(
+        node_status(_config(tmp_path, [PACS]), echo=False)
+    )
     assert summary.last_started is not None and summary.unreadable_lines == 1
     assert (
         summarise_audit_log(log, datetime(2019, 1, 1, tzinfo=UTC)).events["association_accepted"]

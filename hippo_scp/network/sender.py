@@ -30,6 +30,8 @@ from hippo_scp.network.response_guard import keep_responses_for_caller
 from hippo_scp.network.socket_tuning import disable_nagle
 
 LOGGER = logging.getLogger(__name__)
+#: How a C-STORE that got no response is reported.
+NO_ANSWER = "nothing (connection lost or timeout)"
 
 #: C-STORE statuses after which the destination holds the object (Success and Warnings).
 STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
@@ -56,6 +58,7 @@ class _DestinationState:
     backoff_s: float
     next_attempt: float = 0.0
     failures: int = 0
+    last_error: str = ""  # why the last attempt failed, for the audit record
 
 
 class ResultSender(threading.Thread):
@@ -141,6 +144,12 @@ class ResultSender(threading.Thread):
         if delivered_all:
             if state.failures:
                 LOGGER.info("destination %s reachable again", state.destination)
+                audit_event(
+                    "destination_recovered",
+                    destination=str(state.destination),
+                    failed_attempts=state.failures,
+                    outcome="recovered",
+                )
             state.failures = 0
             state.backoff_s = self._settings.retry_initial_s
             state.next_attempt = now
@@ -155,6 +164,16 @@ class ResultSender(threading.Thread):
                 len(self._outbox.pending(state.folder)),
                 state.backoff_s,
             )
+            if state.failures == 1:
+                # One record per outage, not per retry: the SIEM (and `hippo-scp status`)
+                # learns when results stopped flowing and why; the recovery closes it.
+                audit_event(
+                    "destination_unreachable",
+                    destination=str(state.destination),
+                    waiting=len(self._outbox.pending(state.folder)),
+                    outcome="failed",
+                    reason=state.last_error or "unknown",
+                )
             state.backoff_s = min(state.backoff_s * 2, self._settings.retry_max_s)
         return delivered_all
 
@@ -200,6 +219,7 @@ class ResultSender(threading.Thread):
         if dest.tls:
             if settings.tls_context is None:
                 LOGGER.error("destination %s needs TLS but no tls section is configured", dest)
+                state.last_error = "needs TLS but no tls section is configured"
                 return False
             tls_args = (settings.tls_context, dest.host)
         try:
@@ -213,10 +233,12 @@ class ResultSender(threading.Thread):
             )
         except Exception as error:
             LOGGER.warning("destination %s: cannot associate: %s", dest, error)
+            state.last_error = f"cannot associate: {error}"
             return False
         if not assoc.is_established:
             outcome = "rejected" if assoc.is_rejected else "unreachable or aborted"
             LOGGER.warning("destination %s: association %s", dest, outcome)
+            state.last_error = f"association {outcome}"
             return False
         keep_responses_for_caller(assoc)
         assoc_ms = (time.perf_counter() - t_assoc) * 1000
@@ -237,23 +259,24 @@ class ResultSender(threading.Thread):
                     status = assoc.send_c_store(path)
                 except Exception as error:
                     LOGGER.warning("destination %s: C-STORE failed: %s", dest, error)
+                    state.last_error = f"C-STORE failed: {error}"
                     ok = False
                     break
                 item_ms += (time.perf_counter() - t0) * 1000
                 code = int(getattr(status, "Status", -1)) if status else -1
                 if code not in STORED_STATUSES:
+                    answer = f"0x{code:04X}" if code >= 0 else NO_ANSWER
                     LOGGER.warning(
-                        "destination %s: C-STORE of %s answered %s",
-                        dest,
-                        path.name,
-                        f"0x{code:04X}" if code >= 0 else "nothing (connection lost or timeout)",
+                        "destination %s: C-STORE of %s answered %s", dest, path.name, answer
                     )
+                    state.last_error = f"C-STORE answered {answer}"
                     ok = False
                     break
                 if self._outbox.delivered(item, path):
                     self.delivered_sets += 1
                     self._log_delivery(item, summary, dest, item_ms)
                 if not assoc.is_established:
+                    state.last_error = "association ended during the transfer"
                     ok = False
                     break
         finally:

@@ -238,6 +238,13 @@ def test_one_instance_per_association_outage_and_restart(
         assert len(sink.snapshot()) == 3
         assert "results delivered" in node.output
         assert node.terminate() == 0
+        # The audit log tells the outage once per node run, with the reason, and its end.
+        records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+        outage = [r for r in records if r["event"].startswith("destination_")]
+        assert outage[0]["event"] == "destination_unreachable", outage
+        assert outage[0]["destination"] == sink.destination and outage[0]["reason"]
+        assert outage[-1]["event"] == "destination_recovered", outage
+        assert len(outage) <= 3, outage  # not one record per retry
     finally:
         node.kill()
         sink.stop()
