@@ -46,8 +46,6 @@ SPLIT_FILE = REPO_ROOT / "model_weights" / "split.json"
 NODE_AE = "HIPPOAI"
 SINK_AE = "VALIDPACS"
 MODEL_THREADS = 2
-#: SR tracking identifiers (:func:`read_volumes` keys) -> label values they measure.
-PARTS = {"Anterior hippocampus": (1,), "Posterior hippocampus": (2,), "Hippocampus": (1, 2)}
 
 
 def case_series(case_id: str, image: np.ndarray, spacing: tuple[float, float, float]) -> list:
@@ -77,15 +75,15 @@ def decode_seg(seg_ds: Any, sources: list) -> np.ndarray:
     return np.stack([np.flip(frame).T for frame in frames], axis=-1).astype(np.uint8)
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    from hippo_scp.model.evaluation import dice as dice_score
-
-    return float(dice_score(a, b))
-
-
 def run(case_ids: list[str], weights: Path, data: Path, settle: float) -> dict[str, Any]:
     from hippo_scp.model.dataset import load_case
+    from hippo_scp.model.evaluation import STRUCTURES, dice, percent_error
     from hippo_scp.model.inference import Segmenter
+    from hippo_scp.outputs.identity import (
+        ANTERIOR_STRUCTURE,
+        POSTERIOR_STRUCTURE,
+        WHOLE_STRUCTURE,
+    )
     from hippo_scp.outputs.sr import read_volumes
     from tests.dicom_factory import write_series
     from tests.network.conftest import NodeProcess, Sink, free_port, write_node_config
@@ -133,6 +131,12 @@ def run(case_ids: list[str], weights: Path, data: Path, settle: float) -> dict[s
         sink.stop()
     shutil.rmtree(work, ignore_errors=True)
 
+    # evaluation's structure keys -> the SR's tracking identifiers (read_volumes keys).
+    sr_names = {
+        "anterior": ANTERIOR_STRUCTURE.name,
+        "posterior": POSTERIOR_STRUCTURE.name,
+        "total": WHOLE_STRUCTURE.name,
+    }
     rows = []
     for study_uid, info in cases.items():
         results = {kind(ds): ds for ds in received if str(ds.StudyInstanceUID) == study_uid}
@@ -145,15 +149,15 @@ def run(case_ids: list[str], weights: Path, data: Path, settle: float) -> dict[s
         reference, in_process = info["reference"], info["in_process"]
         sr_volumes = read_volumes(results["SR"])
         row["voxels_differing_from_in_process"] = int((labels != in_process).sum())
-        for part, values in PARTS.items():
-            key = part.split()[0].lower() if part != "Hippocampus" else "total"
+        for key, values in STRUCTURES.items():
+            sr_mm3 = sr_volumes[sr_names[key]]
             predicted, truth = np.isin(labels, values), np.isin(reference, values)
             truth_mm3 = float(truth.sum()) * info["voxel_mm3"]
             row[f"dice_{key}"] = dice(predicted, truth)
             row[f"dice_{key}_in_process"] = dice(np.isin(in_process, values), truth)
-            row[f"sr_volume_{key}_mm3"] = sr_volumes[part]
+            row[f"sr_volume_{key}_mm3"] = sr_mm3
             row[f"seg_volume_{key}_mm3"] = float(predicted.sum()) * info["voxel_mm3"]
-            row[f"volume_error_{key}_pct"] = 100.0 * (sr_volumes[part] - truth_mm3) / truth_mm3
+            row[f"volume_error_{key}_pct"] = percent_error(sr_mm3, truth_mm3)
         rows.append(row)
     return {"node_exit_status": status, "seconds_send_to_last_result": seconds, "cases": rows}
 
