@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from hippo_scp.config import NodeConfig
-from hippo_scp.network.outbox import destination_folder_name
+from hippo_scp.network.outbox import QUARANTINE_FOLDER, Outbox, destination_folder_name
 from hippo_scp.network.tls import client_context
 
 __all__ = [
@@ -44,7 +44,6 @@ __all__ = [
     "summarise_audit_log",
 ]
 
-QUARANTINE = "quarantine"
 #: Destinations listed by name in the delivery line (the busiest first).
 MAX_LISTED_DESTINATIONS = 5
 
@@ -179,23 +178,19 @@ def read_outbox_backlog(config: NodeConfig, now_s: float | None = None) -> Outbo
     configured = {destination_folder_name(d.ae_title, d.host, d.port) for d in config.destinations}
     if not directory.is_dir():
         return OutboxBacklog(directory, False, [], 0)
+    outbox = Outbox(directory, [])  # only listed: pending() reads, nothing is created
     folders = []
-    for folder in sorted(p for p in directory.iterdir() if p.is_dir() and p.name != QUARANTINE):
-        items = [c.name for c in folder.iterdir() if c.is_dir() and not c.name.startswith(".")]
-        created = [_created_s(name) for name in items]
-        known = [t for t in created if t is not None]
+    names = (p.name for p in directory.iterdir() if p.is_dir() and p.name != QUARANTINE_FOLDER)
+    for name in sorted(names):
+        items = outbox.pending(name)
+        known = [t for t in (item.created_s for item in items) if t is not None]
         oldest = now_s - min(known) if known else None
-        folders.append(OutboxFolder(folder.name, folder.name in configured, len(items), oldest))
+        folders.append(OutboxFolder(name, name in configured, len(items), oldest))
     for name in sorted(configured - {f.name for f in folders}):
         folders.append(OutboxFolder(name, True, 0, None))
-    quarantine = directory / QUARANTINE
+    quarantine = directory / QUARANTINE_FOLDER
     quarantined = sum(1 for p in quarantine.rglob("*.dcm")) if quarantine.is_dir() else 0
     return OutboxBacklog(directory, True, folders, quarantined)
-
-
-def _created_s(item_name: str) -> float | None:
-    stamp = item_name.split("-", 1)[0]
-    return int(stamp) / 1e9 if stamp.isdigit() and len(stamp) >= 19 else None
 
 
 def summarise_audit_log(path: Path | None, since: datetime) -> AuditSummary:
@@ -324,7 +319,7 @@ def format_status(status: NodeStatus) -> str:
             age = f", oldest {_duration(folder.oldest_age_s)}" if folder.oldest_age_s else ""
             note = "" if folder.configured else " (no longer a destination: never sent)"
             out.append(f"  {folder.name:<40} {folder.waiting} result set(s) waiting{age}{note}")
-        out.append(f"  {QUARANTINE:<40} {box.quarantined_files} file(s)")
+        out.append(f"  {QUARANTINE_FOLDER:<40} {box.quarantined_files} file(s)")
     audit = status.audit
     if audit.path is None:
         out.append("audit log disabled (logging.audit_log: null): no activity counts")

@@ -39,6 +39,8 @@ from pydicom.dataset import Dataset
 LOGGER = logging.getLogger(__name__)
 
 SUMMARY_NAME = "summary.json"
+#: Folder (under the outbox) for files that can never be sent; not a destination.
+QUARANTINE_FOLDER = "quarantine"
 _KIND_NAMES = ("seg", "sr", "report")
 
 
@@ -58,6 +60,12 @@ class OutboxItem:
     @property
     def item_id(self) -> str:
         return self.path.name
+
+    @property
+    def created_s(self) -> float | None:
+        """When :meth:`Outbox.put` wrote the set (epoch s): its id starts with ``time_ns``."""
+        stamp = self.item_id.split("-", 1)[0]
+        return int(stamp) / 1e9 if stamp.isdigit() and len(stamp) >= 19 else None
 
     def files(self) -> list[Path]:
         """The DICOM files still to send, in order (SEG, SR, report)."""
@@ -136,7 +144,7 @@ class Outbox:
                     LOGGER.warning("outbox: removed an incomplete result set %s", child.name)
             waiting += len(self.pending(destination))
         for folder in self.directory.iterdir():
-            if folder.is_dir() and folder.name not in (*self.destinations, "quarantine"):
+            if folder.is_dir() and folder.name not in (*self.destinations, QUARANTINE_FOLDER):
                 left = [p for p in folder.iterdir() if not p.name.startswith(".")]
                 if left:
                     LOGGER.warning(
@@ -222,7 +230,7 @@ class Outbox:
 
     def quarantine(self, item: OutboxItem, file: Path) -> Path:
         """Move a file that can never be sent out of the queue (kept for inspection)."""
-        target = self.directory / "quarantine" / item.destination / item.item_id
+        target = self.directory / QUARANTINE_FOLDER / item.destination / item.item_id
         target.mkdir(parents=True, exist_ok=True)
         destination = target / file.name
         os.replace(file, destination)
