@@ -37,6 +37,7 @@ from hippo_scp.outputs.identity import (
     reference_header,
 )
 from hippo_scp.pipeline.measurement import HippocampusVolumes
+from hippo_scp.pipeline.prior_comparison import PriorComparison, PriorLookup
 
 WIDTH = 1024
 HEIGHT = 1024
@@ -61,6 +62,64 @@ def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
 
 
 @dataclass(frozen=True)
+class PriorReport:
+    """The "prior examination" block: a comparison, or one line saying why there is none."""
+
+    comparison: PriorComparison | None
+    #: printed instead of the table when there is no comparison (why not)
+    note: str = ""
+
+    @classmethod
+    def of(
+        cls, lookup: PriorLookup | None, comparison: PriorComparison | None
+    ) -> PriorReport | None:
+        """None when no prior source was asked (the block is not drawn at all)."""
+        if lookup is None:
+            return None
+        if comparison is not None:
+            return cls(comparison)
+        if lookup.status in ("found", "none"):
+            return cls(None, "No earlier examination with HippoAI results in the PACS.")
+        if lookup.status == "unavailable":
+            return cls(None, f"Not compared: {lookup.reason or 'the PACS cannot be asked'}.")
+        return cls(None, "Not compared: the PACS query for earlier results failed.")
+
+    def heading(self) -> str:
+        """``Prior 2019-01-19 (1.0 years earlier)``."""
+        c = self.comparison
+        if c is None:
+            return "Prior examination"
+        date = c.prior.study_date.isoformat() if c.prior.study_date else "date not recorded"
+        days = c.interval_days
+        if days is None:
+            when = ""
+        elif days == 0:
+            when = " (same day)"
+        elif days < 2 * 31:
+            when = f" ({days} days earlier)"
+        elif days < 365:
+            when = f" ({days / 30.44:.0f} months earlier)"
+        else:
+            when = f" ({days / 365.25:.1f} years earlier)"
+        return f"Prior {date}{when}"
+
+    def footnote(self) -> str:
+        """Yearly rate (when the interval allows one) and the model caveat."""
+        c = self.comparison
+        if c is None:
+            return ""
+        parts = []
+        rate = c.annual_total_change_pct
+        if rate is not None:
+            parts.append(f"total {rate:+.1f} %/year")
+        if not c.same_model:
+            parts.append("prior by another model")
+        if c.prior_count > 1:
+            parts.append(f"latest of {c.prior_count} exams")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
 class ReportContent:
     """Everything printed on the page (kept apart from rendering so it can be unit-tested)."""
 
@@ -77,6 +136,8 @@ class ReportContent:
     software_version: str
     #: the model's measured volume error (see :func:`describe_model_error`); may be empty
     model_error_lines: Sequence[str] = ()
+    #: the comparison with the prior examination (None: not asked, block not drawn)
+    prior: PriorReport | None = None
     generated: str = field(
         default_factory=lambda: datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     )
@@ -146,6 +207,8 @@ def report_content_from_dataset(
     volumes: HippocampusVolumes,
     qc_flags: Sequence[str],
     identity: OutputIdentity,
+    *,
+    prior: PriorReport | None = None,
 ) -> ReportContent:
     """Collect the printed fields from the source header (identifiers are printed on purpose:
     a report that does not say whose it is cannot be checked against the images)."""
@@ -162,6 +225,7 @@ def report_content_from_dataset(
         weights_sha256=identity.weights_sha256,
         software_version=identity.software_version,
         model_error_lines=identity.model_error_lines,
+        prior=prior,
     )
 
 
@@ -297,23 +361,36 @@ def render_report(
             fill=_MUTED,
         )
 
-    # QC flags.
+    # QC flags (and, beside them, the comparison with the prior examination).
     y = top + MONTAGE_ROWS * cell_h + 10
     draw.rectangle([16, y, WIDTH - 16, y + 136], fill=_PANEL)
+    qc_width = WIDTH - 64 if content.prior is None else WIDTH // 2 - 40
     if content.qc_flags:
         draw.text((32, y + 10), "QC flags", font=_font(22, True), fill=_WARN)
-        fy = y + 44
-        for flag in list(content.qc_flags)[:3]:
-            draw.text((44, fy), f"!  {flag}", font=_font(20), fill=_WARN)
-            fy += 26
+        lines = [
+            (prefix + line)
+            for flag in content.qc_flags
+            for prefix, line in zip(
+                ("!  ", "    "), _wrap(draw, flag, _font(18), qc_width - 40), strict=False
+            )
+        ]
+        fy = y + 42
+        for line in lines[:4]:
+            draw.text((44, fy), line, font=_font(18), fill=_WARN)
+            fy += 23
     else:
         draw.text((32, y + 10), "QC: no flags raised", font=_font(22, True), fill=_OK)
-        draw.text(
-            (32, y + 44),
+        fy = y + 44
+        for line in _wrap(
+            draw,
             "Both labels present, total volume within the training range.",
-            font=_font(19),
-            fill=_MUTED,
-        )
+            _font(19),
+            qc_width,
+        ):
+            draw.text((32, fy), line, font=_font(19), fill=_MUTED)
+            fy += 25
+    if content.prior is not None:
+        _draw_prior(draw, content.prior, WIDTH // 2, y)
 
     # Footer: provenance and the disclaimer again.
     y = HEIGHT - 88
@@ -329,6 +406,59 @@ def render_report(
     fw = draw.textlength(footer, font=_font(21, True))
     draw.text(((WIDTH - fw) / 2, HEIGHT - 44), footer, font=_font(21, True), fill=(255, 255, 255))
     return np.asarray(page, dtype=np.uint8).copy()
+
+
+def _draw_prior(draw: ImageDraw.ImageDraw, prior: PriorReport, x0: int, y: int) -> None:
+    """The right half of the bottom panel: prior, now and change per structure."""
+    draw.line([x0 - 8, y + 10, x0 - 8, y + 126], fill=_MUTED, width=1)
+    draw.text((x0, y + 6), prior.heading(), font=_font(19, True), fill=_TEXT)
+    c = prior.comparison
+    if c is None:
+        fy = y + 42
+        for line in _wrap(draw, prior.note, _font(18), WIDTH - 40 - x0)[:3]:
+            draw.text((x0, fy), line, font=_font(18), fill=_MUTED)
+            fy += 24
+        return
+    head, cell = _font(15, True), _font(17)
+    columns = ((x0 + 225, "prior mm³"), (x0 + 335, "now mm³"), (x0 + 455, "change"))
+    for x_right, title in columns:
+        _right(draw, x_right, y + 32, title, head, _MUTED)
+    ry = y + 50
+    for change in c.changes:
+        bold = change.structure == "Total"
+        font = _font(17, True) if bold else cell
+        pct = change.change_pct
+        draw.text((x0, ry), change.structure, font=font, fill=_TEXT)
+        _right(draw, columns[0][0], ry, f"{change.prior_mm3:,.0f}", font, _TEXT)
+        _right(draw, columns[1][0], ry, f"{change.current_mm3:,.0f}", font, _TEXT)
+        _right(draw, columns[2][0], ry, "-" if pct is None else f"{pct:+.1f} %", font, _TEXT)
+        ry += 20
+    note = prior.footnote()
+    if note:
+        draw.text(
+            (x0, ry + 2),
+            _fit(draw, note, _font(15), WIDTH - 32 - x0),
+            font=_font(15),
+            fill=_MUTED if c.same_model else _WARN,
+        )
+
+
+def _wrap(
+    draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont, width: int
+) -> list[str]:
+    """Break ``text`` into lines no wider than ``width`` pixels (at spaces)."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        candidate = f"{current} {word}".strip()
+        if current and draw.textlength(candidate, font=font) > width:
+            lines.append(current)
+            current = word
+        else:
+            current = candidate
+    if current:
+        lines.append(current)
+    return lines
 
 
 def _right(

@@ -5,11 +5,14 @@ Operators in the MONAI-Deploy sense, each with one job, run in order by
 :meth:`SeriesAnalyzer.analyze`::
 
     series_to_volume  ->  Segmenter.segment  ->  measure_volumes / qc_flags
+      ->  [PriorSource.lookup -> compare_with_prior]
       ->  build_segmentation  ->  build_volume_sr  ->  render_report + build_report_sc
 
 The analyzer is built once per process (the model is loaded once) and never touches the
-network or the file system: the caller decides where results go. Calls are serialised by a
-lock, so the node's worker thread and anything else may share one instance safely.
+network or the file system itself: the caller decides where results go, and passes the
+optional prior source (the node's PACS query, :mod:`hippo_scp.network.prior_query`) per call,
+so a warm-up or ``hippo-scp analyze`` run asks no PACS. Calls are serialised by a lock, so the
+node's worker thread and anything else may share one instance safely.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from hippo_scp.outputs.identity import (
     reference_headers,
 )
 from hippo_scp.outputs.report_image import (
+    PriorReport,
     build_report_sc,
     describe_model_error,
     png_bytes,
@@ -48,6 +52,14 @@ from hippo_scp.pipeline.measurement import (
     QCThresholds,
     measure_volumes,
     qc_flags,
+)
+from hippo_scp.pipeline.prior_comparison import (
+    PriorComparison,
+    PriorComparisonSettings,
+    PriorLookup,
+    compare_with_prior,
+    parse_dicom_date,
+    prior_comparison_flags,
 )
 
 logger = logging.getLogger(__name__)
@@ -68,12 +80,22 @@ class SegmenterLike(Protocol):
     def segment(self, voxels: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray: ...
 
 
+@runtime_checkable
+class PriorSource(Protocol):
+    """Where earlier results of the patient come from (the node: a PACS query). ``lookup``
+    gets the first instance of the analysed series and must not raise: a failed lookup is a
+    :class:`PriorLookup` with status ``failed``, and the report says so."""
+
+    def lookup(self, current: Dataset) -> PriorLookup: ...
+
+
 @dataclass(frozen=True)
 class AnalysisSettings:
     """Knobs of the pipeline (defaults match the training data and the selection defaults)."""
 
     min_slices: int = 8
     qc: QCThresholds = field(default_factory=QCThresholds)
+    priors: PriorComparisonSettings = field(default_factory=PriorComparisonSettings)
 
 
 class AnalysisError(RuntimeError):
@@ -115,6 +137,10 @@ class AnalysisResult:
     confidence: float | None = None
     slice_count: int = 0
     spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    #: what the PACS said about earlier results (None: no prior source was asked)
+    prior_lookup: PriorLookup | None = None
+    #: the change since the most recent earlier examination (None: nothing to compare)
+    prior_comparison: PriorComparison | None = None
 
     @property
     def report_png(self) -> bytes:
@@ -145,8 +171,17 @@ class AnalysisResult:
                 name: OutputReference.of(ds).__dict__
                 for name, ds in (("sr", self.sr), ("seg", self.seg), ("report", self.report))
             },
+            "prior_comparison": self._prior_json(),
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
         }
+
+    def _prior_json(self) -> dict[str, Any] | None:
+        if self.prior_lookup is None:
+            return None
+        if self.prior_comparison is not None:
+            return {"status": "compared", **self.prior_comparison.to_json_dict()}
+        status = "none" if self.prior_lookup.status == "found" else self.prior_lookup.status
+        return {"status": status, "reason": self.prior_lookup.reason}
 
 
 def _frames_in_source_order(volume: SeriesVolume, frames: np.ndarray) -> np.ndarray:
@@ -209,16 +244,38 @@ class SeriesAnalyzer:
             raise AnalysisError(f"segmenter returned labels outside 0..2: {np.unique(labels)}")
         return labels.astype(np.uint8, copy=False), confidence
 
-    def analyze(self, datasets: Sequence[Dataset]) -> AnalysisResult:
+    def analyze(
+        self, datasets: Sequence[Dataset], *, prior_source: PriorSource | None = None
+    ) -> AnalysisResult:
         """Run the whole pipeline on the instances of ONE series.
+
+        ``prior_source``: asked for the patient's earlier results once the series has been
+        measured (a refused series asks nothing); the report then shows the change.
 
         Raises :class:`~hippo_scp.imaging.errors.VolumeError` (series refused: geometry,
         missing slices, ...) or :class:`AnalysisError`; the caller reports either as a refusal.
         """
         with self._lock:
-            return self._analyze(datasets)
+            return self._analyze(datasets, prior_source)
 
-    def _analyze(self, datasets: Sequence[Dataset]) -> AnalysisResult:
+    def _compare(
+        self, first: Dataset, volumes: HippocampusVolumes, prior_source: PriorSource | None
+    ) -> tuple[PriorLookup | None, PriorComparison | None]:
+        if prior_source is None:
+            return None, None
+        lookup = prior_source.lookup(first)
+        comparison = compare_with_prior(
+            volumes,
+            current_study_uid=str(first.get("StudyInstanceUID", "")),
+            current_date=parse_dicom_date(first.get("StudyDate")),
+            current_model_version=self._identity.model_version,
+            lookup=lookup,
+        )
+        return lookup, comparison
+
+    def _analyze(
+        self, datasets: Sequence[Dataset], prior_source: PriorSource | None
+    ) -> AnalysisResult:
         timings: dict[str, float] = {}
         start = t0 = time.perf_counter()
         volume = series_to_volume(datasets, min_slices=self._settings.min_slices)
@@ -228,9 +285,16 @@ class SeriesAnalyzer:
         labels, confidence = self._segment(volume)
         timings["infer"] = (time.perf_counter() - t0) * 1000
 
-        t0 = time.perf_counter()
         volumes = measure_volumes(labels, volume.voxel_volume_mm3)
+        first = volume.source_datasets[0]
+        t0 = time.perf_counter()
+        lookup, comparison = self._compare(first, volumes, prior_source)
+        if prior_source is not None:
+            timings["priors"] = (time.perf_counter() - t0) * 1000
         flags = qc_flags(volumes, self._settings.qc, confidence=confidence)
+        flags += prior_comparison_flags(comparison, self._settings.priors)
+
+        t0 = time.perf_counter()
         label_frames = volume.to_frames(labels)
         tracking_uids = {
             s.label: hd.UID() for s in (ANTERIOR_STRUCTURE, POSTERIOR_STRUCTURE, WHOLE_STRUCTURE)
@@ -248,8 +312,9 @@ class SeriesAnalyzer:
         sr = build_volume_sr(sources, seg, volumes, self._identity, tracking_uids=tracking_uids)
         timings["sr"] = (time.perf_counter() - t1) * 1000
         t1 = time.perf_counter()
-        first = volume.source_datasets[0]
-        content = report_content_from_dataset(first, volumes, flags, self._identity)
+        content = report_content_from_dataset(
+            first, volumes, flags, self._identity, prior=PriorReport.of(lookup, comparison)
+        )
         rgb = render_report(content, volume.to_frames(volume.voxels), label_frames)
         report = build_report_sc(first, rgb, self._identity)
         timings["report"] = (time.perf_counter() - t1) * 1000
@@ -273,6 +338,8 @@ class SeriesAnalyzer:
             confidence=confidence,
             slice_count=len(volume.slices),
             spacing_mm=tuple(float(s) for s in volume.spacing_mm),  # type: ignore[arg-type]
+            prior_lookup=lookup,
+            prior_comparison=comparison,
         )
         logger.debug(
             "analysed series %s: anterior %.0f mm3, posterior %.0f mm3, total %.0f mm3, "

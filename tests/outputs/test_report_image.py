@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -13,12 +14,15 @@ from hippo_scp.outputs.identity import REPORT_SERIES_DESCRIPTION
 from hippo_scp.outputs.report_image import (
     HEIGHT,
     WIDTH,
+    PriorReport,
     _font,
     _person_name,
     describe_model_error,
     render_report,
     report_content_from_dataset,
 )
+from hippo_scp.pipeline.measurement import HippocampusVolumes
+from hippo_scp.pipeline.prior_comparison import PriorLookup, PriorMeasurement, compare_with_prior
 from tests.outputs.conftest import IDENTITY
 
 
@@ -102,3 +106,64 @@ def test_the_model_error_is_printed_under_the_volumes(built):
     # only the block under the volume table (right half, above the montage) differs
     assert rows.min() >= 270 and rows.max() < 320
     assert cols.min() >= 500
+
+
+def _comparison(interval_days: int, model_version: str = "m1", count: int = 1):
+    today = datetime.date(2026, 3, 1)
+    priors = tuple(
+        PriorMeasurement(
+            f"1.2.{i}",
+            today - datetime.timedelta(days=interval_days + i * 400),
+            1900.0,
+            1500.0,
+            3400.0,
+            model_version=model_version,
+        )
+        for i in range(count)
+    )
+    return compare_with_prior(
+        HippocampusVolumes(1800, 1450, 1.0),
+        current_study_uid="1.2.now",
+        current_date=today,
+        current_model_version="m1",
+        lookup=PriorLookup("found", priors),
+    )
+
+
+def test_prior_block_wording():
+    assert PriorReport.of(None, None) is None  # no source asked: no block
+    report = PriorReport(_comparison(365))
+    assert report.heading() == "Prior 2025-03-01 (1.0 years earlier)"
+    assert report.footnote() == "total -4.4 %/year"
+    short = PriorReport(_comparison(45, model_version="m0", count=2))
+    assert short.heading().endswith("(45 days earlier)")
+    assert short.footnote() == "prior by another model; latest of 2 exams"
+    assert PriorReport(_comparison(0)).heading().endswith("(same day)")
+    assert PriorReport(_comparison(120)).heading().endswith("(4 months earlier)")
+    none = PriorReport.of(PriorLookup("none", reason="x"), None)
+    assert none is not None and none.comparison is None and "No earlier" in none.note
+    failed = PriorReport.of(PriorLookup("failed", reason="ORTHANC@pacs:104: refused"), None)
+    assert failed is not None and "failed" in failed.note
+    unavailable = PriorReport.of(
+        PriorLookup("unavailable", reason="the series has no PatientID"), None
+    )
+    assert unavailable is not None and "no PatientID" in unavailable.note
+
+
+def test_the_prior_block_is_drawn_in_the_bottom_panel_only(built):
+    content = report_content_from_dataset(built.sources[0], built.volumes, (), IDENTITY)
+    frames = built.volume.to_frames(built.volume.voxels)
+    labels = built.volume.to_frames(built.labels)
+    fixed = {"generated": "2026-01-01 00:00"}
+    without = render_report(replace(content, **fixed), frames, labels)
+    for prior in (
+        PriorReport(_comparison(365)),
+        PriorReport.of(PriorLookup("failed", reason="x"), None),
+    ):
+        page = render_report(replace(content, prior=prior, **fixed), frames, labels)
+        changed = np.argwhere((page != without).any(axis=2))
+        assert changed.size
+        rows, cols = changed[:, 0], changed[:, 1]
+        # the bottom panel (y 790-926): the QC text re-wraps on the left, the block on the right
+        assert rows.min() >= 790 and rows.max() <= 926
+        assert (cols >= WIDTH // 2).sum() > (cols < WIDTH // 2).sum()

@@ -3,10 +3,12 @@ case), so the pipeline is tested without model weights."""
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import threading
 import time
+from dataclasses import replace
 
 import highdicom as hd
 import numpy as np
@@ -14,7 +16,9 @@ import pytest
 from PIL import Image
 
 from hippo_scp.imaging.errors import VolumeError
+from hippo_scp.outputs.sr import read_volumes
 from hippo_scp.pipeline.analysis import AnalysisError, SeriesAnalyzer
+from hippo_scp.pipeline.prior_comparison import PriorLookup, PriorMeasurement
 from tests.dicom_factory import (
     INTEGER_CASE,
     enhanced_from_series,
@@ -150,3 +154,85 @@ def test_enhanced_multiframe_source(case):
     volume_frames = np.stack([np.flip(label[:, :, window][:, :, k].T) for k in range(12)])
     # Frame order of the enhanced instance may differ from slice order: match by content.
     assert sorted(map(bytes, decoded)) == sorted(map(bytes, volume_frames))
+
+
+class StandInPriors:
+    """Plays the PACS query (tested against a real Orthanc in tests/network): a fixed answer,
+    and what it was asked."""
+
+    def __init__(self, answer: PriorLookup):
+        self.answer = answer
+        self.asked: list[str] = []
+
+    def lookup(self, current):
+        self.asked.append(str(current.StudyInstanceUID))
+        return self.answer
+
+
+def _prior_from(result, study_uid: str, date: datetime.date) -> PriorMeasurement:
+    """An earlier examination whose SR is ``result.sr`` (read back the way the query does)."""
+    volumes = read_volumes(result.sr)
+    return PriorMeasurement(
+        study_uid,
+        date,
+        volumes["Anterior hippocampus"],
+        volumes["Posterior hippocampus"],
+        volumes["Hippocampus"],
+        model_version=result.model_version,
+    )
+
+
+def test_the_report_compares_with_the_prior_the_source_returns(case, result):
+    _, label, sources = case
+    # the same images a year earlier, with 5 % more total volume
+    earlier = _prior_from(result, "1.2.826.0.1.3680043.8.498.1", datetime.date(2023, 1, 1))
+    earlier = replace(earlier, total_mm3=earlier.total_mm3 * 1.05)
+    priors = StandInPriors(PriorLookup("found", (earlier,)))
+    compared = SeriesAnalyzer(LabelSegmenter(label)).analyze(sources, prior_source=priors)
+    assert priors.asked == [sources[0].StudyInstanceUID]
+    comparison = compared.prior_comparison
+    assert comparison is not None and comparison.interval_days == 365
+    assert comparison.total.change_pct == pytest.approx(100 / 1.05 - 100)
+    assert comparison.changes[0].change_pct == pytest.approx(0.0)
+    assert comparison.same_model
+    assert "priors" in compared.timings_ms
+    data = compared.to_json_dict()["prior_comparison"]
+    assert data["status"] == "compared" and data["interval_days"] == 365
+    assert not compared.qc_flags  # -4.8 % is a plausible change
+    # the report page differs from the one without comparison only in the bottom panel
+    changed = np.argwhere((compared.report_rgb != result.report_rgb).any(axis=2))
+    assert changed[:, 0].min() >= 780, "only the QC / prior panel (and the footer time) change"
+
+
+def test_failed_or_empty_lookups_are_reported_not_raised(case):
+    image, label, _ = case
+    small = series_from_volume(image[:, :, 10:20])
+    analyzer = SeriesAnalyzer(LabelSegmenter(label[:, :, 10:20]))
+    for status, reason in (("failed", "ORTHANC@h:1: no answer"), ("none", "nothing earlier")):
+        out = analyzer.analyze(small, prior_source=StandInPriors(PriorLookup(status, (), reason)))
+        assert out.prior_comparison is None
+        assert out.to_json_dict()["prior_comparison"] == {"status": status, "reason": reason}
+    plain = analyzer.analyze(small)
+    assert plain.prior_lookup is None and plain.to_json_dict()["prior_comparison"] is None
+
+
+def test_a_refused_series_asks_the_pacs_nothing(case):
+    _, label, sources = case
+    priors = StandInPriors(PriorLookup("none", reason="x"))
+    with pytest.raises(VolumeError):
+        SeriesAnalyzer(LabelSegmenter(label)).analyze(
+            sources[:5] + sources[6:], prior_source=priors
+        )
+    assert priors.asked == []
+
+
+def test_an_implausible_change_is_a_qc_flag(case):
+    image, label, _ = case
+    small = series_from_volume(image[:, :, 10:20])
+    first = SeriesAnalyzer(LabelSegmenter(label[:, :, 10:20])).analyze(small)
+    earlier = _prior_from(first, "1.2.826.0.1.3680043.8.498.2", datetime.date(2023, 6, 1))
+    earlier = replace(earlier, total_mm3=earlier.total_mm3 * 2)
+    out = SeriesAnalyzer(LabelSegmenter(label[:, :, 10:20])).analyze(
+        small, prior_source=StandInPriors(PriorLookup("found", (earlier,)))
+    )
+    assert any("-50 %" in flag and "same hippocampus" in flag for flag in out.qc_flags)
