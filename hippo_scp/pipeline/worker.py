@@ -210,6 +210,9 @@ class AnalysisWorker(threading.Thread):
             "model_version": str(result.model_version),
             "content": content,
         }
+        prior = _prior_summary(result)
+        if prior is not None:
+            summary["prior_comparison"] = prior
         try:
             outbox_id = self._outbox.put(job.label, encoded, summary)
         except OSError as error:
@@ -235,6 +238,8 @@ class AnalysisWorker(threading.Thread):
             len(job.instances),
             job.trigger,
         )
+        if prior is not None:
+            LOGGER.info("series %s: %s", job.label, describe_prior(prior))
         self._audit(job, "results_queued", None)
         self._on_results()
         return outbox_id
@@ -315,6 +320,25 @@ class AnalysisWorker(threading.Thread):
     def _retire(self, job: SeriesJob) -> None:
         if self._spool is not None:
             self._spool.retire(job, self._store)
+
+
+def _prior_summary(result: ResultLike) -> dict[str, Any] | None:
+    """The comparison with the prior (numbers, no identifiers), when one was asked for."""
+    to_json = getattr(result, "to_json_dict", None)
+    return to_json().get("prior_comparison") if callable(to_json) else None
+
+
+def describe_prior(prior: dict[str, Any]) -> str:
+    """One log line for the comparison summary of ``AnalysisResult.to_json_dict``."""
+    if prior.get("status") != "compared":
+        return f"no comparison with a prior ({prior.get('status')}: {prior.get('reason', '')})"
+    total = prior["changes"]["total"]
+    change = total["change_pct"]
+    change_text = "n/a" if change is None else f"{change:+.1f} %"
+    return (
+        f"compared with the prior examination {prior['interval_days']} days earlier: total "
+        f"{total['prior_mm3']:.0f} -> {total['current_mm3']:.0f} mm3 ({change_text})"
+    )
 
 
 def _volumes(result: ResultLike) -> dict[str, float]:

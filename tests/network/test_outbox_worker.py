@@ -303,3 +303,25 @@ def test_worker_drops_the_provisional_analysis_when_more_arrives_during_the_grac
     assert [s[2]["instances"] for s in outbox.sets] == [4]  # only the complete series
     assert outbox.sets[0][2]["trigger"] == "settle"
     assert worker.stats.superseded == 1 and worker.stats.analysed == 1
+
+
+def test_the_comparison_with_the_prior_is_in_the_summary_and_the_log(caplog) -> None:
+    store, _ = _store_with_series(2)
+    comparison = {
+        "status": "compared",
+        "interval_days": 365,
+        "changes": {"total": {"prior_mm3": 3400.0, "current_mm3": 3250.0, "change_pct": -4.41}},
+    }
+
+    def analyze(datasets):
+        result = _fake_result(datasets)
+        result.to_json_dict = lambda: {"prior_comparison": comparison}
+        return result
+
+    outbox = FakeOutbox()
+    (job,) = store.collect_ready()
+    with caplog.at_level(logging.INFO, logger="hippo_scp.pipeline.worker"):
+        AnalysisWorker(store, analyze, outbox).process(job)
+    assert outbox.sets[0][2]["prior_comparison"] == comparison
+    assert "prior examination 365 days earlier: total 3400 -> 3250 mm3 (-4.4 %)" in caplog.text
+    assert "DOE" not in caplog.text
