@@ -44,4 +44,4 @@ ENTRYPOINT ["hippo-scp", "serve", "--config", "/etc/hippo-scp/ae_config.yaml"]
 # Add "--whole-series-sender", "ORTHANC" when Orthanc routes stable series whole
 # (ORTHANC_ROUTING=series): results are then filed at the release, without the release grace.
 # The compose stack routes per instance (the default), which may split a series: no such flag.
-CMD ["--ae-title", "HIPPOAI", "--port", "11112", "--destination", "ORTHANC@orthanc:4242", "--settle", "3"]
+CMD ["--ae-title", "HIPPOAI", "--port", "11112", "--destination", "ORTHANC@orthanc:4242", "--settle", "3", "--priors"]

@@ -2,7 +2,7 @@
 # Start the hippo-scp node (the DICOM Storage SCP) as a background process and wait until it
 # answers C-ECHO. Equivalent to:
 #   hippo-scp serve --config ae_config.yaml --ae-title HIPPOAI --port 11112 \
-#       --destination ORTHANC@127.0.0.1:4242 --settle 3 [--whole-series-sender ORTHANC]
+#       --destination ORTHANC@127.0.0.1:4242 --settle 3 --priors [--whole-series-sender ORTHANC]
 # with AE titles / ports from the environment (see common.sh), its log in $HIPPO_RUN_DIR.
 set -euo pipefail
 # shellcheck source=deploy_scripts/common.sh
@@ -36,6 +36,11 @@ fi
 # Per-instance routing may split a series over associations: it keeps the grace.
 if [[ "$ORTHANC_ROUTING" == series ]]; then
   config_args+=(--whole-series-sender "$ORTHANC_AET")
+fi
+# The demo's Orthanc grants the node C-FIND / C-GET (orthanc.json.template), so the report
+# compares with the patient's earlier results; HIPPO_PRIORS=off leaves the config's setting.
+if [[ "${HIPPO_PRIORS:-on}" == on ]]; then
+  config_args+=(--priors)
 fi
 # The outbox follows the run folder so that stacks in different run folders stay apart.
 start_service hippo-scp "$HIPPO_SCP" serve "${config_args[@]}" \

@@ -51,6 +51,7 @@ from hippo_scp import MANUFACTURER, SOFTWARE_NAME, __version__  # noqa: E402
 from hippo_scp.assembly.selection import ANALYSABLE_SOP_CLASSES  # noqa: E402
 from hippo_scp.config import NodeConfig  # noqa: E402
 from hippo_scp.network import association_limit, presentation, receiver, sender  # noqa: E402
+from hippo_scp.network.prior_query import PriorResultsQuery  # noqa: E402
 from hippo_scp.outputs import identity  # noqa: E402
 
 TARGET = DOCS_DIR / "conformance.md"
@@ -141,6 +142,8 @@ def block_overview() -> str:
             ("Verification", "Verification", "No", "Yes"),
             ("Storage", f"{storage} storage SOP classes (Table 4.2-3)", "No", "Yes"),
             ("Storage", ", ".join(name for name, *_ in RESULT_OBJECTS), "Yes", "No"),
+            ("Query/Retrieve", "Study Root Q/R - FIND, Study Root Q/R - GET", "Yes", "No"),
+            ("Storage (C-GET sub-operations)", "Comprehensive 3D SR", "No", "Yes"),
         ],
     )
 
@@ -186,6 +189,21 @@ def block_scu_contexts() -> str:
         ["Object", "Abstract syntax", "UID", "Transfer syntaxes proposed (in order)", "Role"],
         rows,
     )
+
+
+def block_prior_contexts() -> str:
+    """What the prior lookup proposes (activity *Query prior results*)."""
+    query = PriorResultsQuery(
+        NodeConfig().destinations[0], calling_ae_title=NodeConfig().node.ae_title
+    )
+    rows = []
+    for context in query.application_entity().requested_contexts:
+        uid = UID(context.abstract_syntax)
+        syntaxes = ", ".join(f"{UID(ts).name} `{ts}`" for ts in context.transfer_syntax)
+        is_storage = uid == Comprehensive3DSRStorage
+        role = "SCP (role selection: SCP role proposed)" if is_storage else "SCU"
+        rows.append((*_uid_row(uid), syntaxes, role))
+    return table(["Abstract syntax", "UID", "Transfer syntaxes proposed (in order)", "Role"], rows)
 
 
 def block_association_limits() -> str:
@@ -613,6 +631,7 @@ BLOCKS = {
     "scp-statuses": block_scp_statuses,
     "scu-contexts": block_scu_contexts,
     "scu-statuses": block_scu_statuses,
+    "prior-contexts": block_prior_contexts,
     "association-limits": block_association_limits,
     "reject-reasons": block_reject_reasons,
     "result-objects": block_result_objects,

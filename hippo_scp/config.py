@@ -227,6 +227,31 @@ class ModelSection(_Strict):
     )
 
 
+class PriorsSection(_Strict):
+    """Comparison with the patient's earlier examination (docs/operations.md, "Prior
+    comparison"): before the report is made, the PACS is asked (C-FIND + C-GET, Study Root) for
+    this node's earlier SRs of the same PatientID, and the report prints the change since the
+    most recent earlier examination. Off by default: the PACS must grant the node query and
+    retrieve rights first."""
+
+    enabled: bool = False
+    source: Destination | None = Field(
+        None, description="the PACS to ask; null = the first entry of destinations"
+    )
+    timeout_s: float = Field(
+        10.0, gt=0, description="per network step; the whole lookup is bounded by 3x this"
+    )
+    retry_after_s: float = Field(
+        60.0,
+        ge=0,
+        description="after a failed lookup, series are reported without comparison this long "
+        "before the PACS is asked again (an outage must not cost every series a timeout)",
+    )
+    max_plausible_change_pct: float = Field(
+        20.0, gt=0, description="a larger change of the total volume raises a QC flag"
+    )
+
+
 class LoggingSection(_Strict):
     """Log level and format; the audit log records association events as JSON lines."""
 
@@ -250,7 +275,21 @@ class NodeConfig(_Strict):
     outbox: OutboxSection = Field(default_factory=OutboxSection)
     spool: SpoolSection = Field(default_factory=SpoolSection)
     model: ModelSection = Field(default_factory=ModelSection)
+    priors: PriorsSection = Field(default_factory=PriorsSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
+
+    @model_validator(mode="after")
+    def _priors_have_a_source(self) -> NodeConfig:
+        if self.priors.enabled and self.priors.source is None and not self.destinations:
+            raise ValueError("priors.enabled needs priors.source when there are no destinations")
+        return self
+
+    @property
+    def prior_source(self) -> Destination | None:
+        """The PACS asked for earlier results (None: comparison off)."""
+        if not self.priors.enabled:
+            return None
+        return self.priors.source or (self.destinations[0] if self.destinations else None)
 
     def resolve_paths(self, base: Path) -> NodeConfig:
         """Return a copy whose relative file paths are anchored at ``base``.

@@ -199,6 +199,10 @@ def configure_logging(
     # set to test it for emptiness): about a tenth of the receive path's CPU. Bind them only
     # when that text is wanted. Read when an association is created, so this must run first.
     pynetdicom_config.LOG_HANDLER_LEVEL = "standard" if level == "DEBUG" else "none"
+    # The prior lookup's C-FIND identifiers carry the PatientID; pynetdicom logs them at INFO
+    # whatever LOG_HANDLER_LEVEL says. Never wanted, not even at DEBUG.
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
     if level != "DEBUG":
         handler.addFilter(RateLimitFilter("pynetdicom"))
 

@@ -22,6 +22,7 @@ start, exactly like after a crash (docs/crash_recovery.md).
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import ssl
@@ -39,9 +40,11 @@ from hippo_scp.assembly.spool import Spool
 from hippo_scp.config import NodeConfig
 from hippo_scp.logging_setup import audit_event, configure_logging
 from hippo_scp.network.outbox import EncodedObjects, Outbox
+from hippo_scp.network.prior_query import PriorResultsQuery
 from hippo_scp.network.receiver import StorageReceiver
 from hippo_scp.network.sender import ResultSender, SenderSettings
 from hippo_scp.network.tls import client_context, server_context
+from hippo_scp.pipeline.prior_comparison import PriorComparisonSettings
 from hippo_scp.pipeline.warmup import warm_up
 from hippo_scp.pipeline.worker import AnalysisWorker, AnalyzeFn, fingerprint
 
@@ -88,12 +91,43 @@ def load_analyzer(config: NodeConfig) -> AnalyzeFn:
         segmenter = Segmenter(weights_path=weights, num_threads=config.model.threads)
     except Exception as error:
         raise StartupError(f"cannot load model weights {weights}: {error}") from None
-    analyzer = SeriesAnalyzer(segmenter, AnalysisSettings(min_slices=config.selection.min_slices))
+    settings = AnalysisSettings(
+        min_slices=config.selection.min_slices,
+        priors=PriorComparisonSettings(
+            max_plausible_change_pct=config.priors.max_plausible_change_pct
+        ),
+    )
+    analyzer = SeriesAnalyzer(segmenter, settings)
     LOGGER.info("model %s loaded from %s", segmenter.model_version, weights)
     if config.model.warm_up:
         # before the node listens: the first patient's series does not pay for lazy loading
+        # (and asks no PACS for priors: the prior source is only bound below)
         warm_up(analyzer.analyze, EncodedObjects.of)
-    return analyzer.analyze
+    prior_source = build_prior_source(config)
+    if prior_source is None:
+        return analyzer.analyze
+    return functools.partial(analyzer.analyze, prior_source=prior_source)
+
+
+def build_prior_source(config: NodeConfig) -> PriorResultsQuery | None:
+    """The PACS query for earlier results, when ``priors.enabled`` (raises StartupError)."""
+    source = config.prior_source
+    if source is None:
+        return None
+    tls_context = None
+    if source.tls:
+        try:
+            tls_context = client_context(config.tls)
+        except (OSError, ValueError) as error:
+            raise StartupError(f"tls: cannot load certificates: {error}") from None
+    LOGGER.info("prior comparison on: earlier results are asked from %s (C-FIND / C-GET)", source)
+    return PriorResultsQuery(
+        source,
+        calling_ae_title=config.node.ae_title,
+        timeout_s=config.priors.timeout_s,
+        tls_context=tls_context,
+        retry_after_s=config.priors.retry_after_s,
+    )
 
 
 def _tls_or_fail(config: NodeConfig, *, client: bool) -> ssl.SSLContext | None:
@@ -315,4 +349,11 @@ def run_node(
     return 0
 
 
-__all__ = ["Node", "StartupError", "load_analyzer", "make_decide", "run_node"]
+__all__ = [
+    "Node",
+    "StartupError",
+    "build_prior_source",
+    "load_analyzer",
+    "make_decide",
+    "run_node",
+]

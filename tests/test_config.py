@@ -87,6 +87,13 @@ def test_overrides_win_over_the_file(tmp_path: Path) -> None:
             "access.allowed_calling_ae_titles.1",
             "longer than 16",
         ),
+        ({"priors": {"timeout_s": 0}}, "priors.timeout_s", "greater than 0"),
+        ({"priors": {"source": {"ae_title": "PACS"}}}, "priors.source.host", "required"),
+        (
+            {"priors": {"enabled": True}, "destinations": []},
+            "(top level)",
+            "priors.enabled needs priors.source",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, data: dict, key: str, fragment: str) -> None:
@@ -166,3 +173,14 @@ def test_check_config_command_exit_codes(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0
     assert "'node.ae_title'" in bad.stderr
+
+
+def test_prior_comparison_asks_the_first_destination_unless_a_source_is_given(
+    tmp_path: Path,
+) -> None:
+    assert load_config(None).prior_source is None  # off by default: the PACS must allow it
+    on = load_config(None, {"priors": {"enabled": True}})
+    assert str(on.prior_source) == "ORTHANC@127.0.0.1:4242"
+    source = {"ae_title": "ARCHIVE", "host": "10.0.0.9", "port": 104}
+    path = write_config(tmp_path, {"priors": {"enabled": True, "source": source}})
+    assert str(load_config(path).prior_source) == "ARCHIVE@10.0.0.9:104"

@@ -22,6 +22,7 @@ def build_serve_config(
     log_level: str | None = None,
     log_format: str | None = None,
     whole_series_senders: list[str] | None = None,
+    priors: bool | None = None,
 ) -> NodeConfig:
     """Merge command-line flags over the configuration file; flags win.
 
@@ -43,6 +44,7 @@ def build_serve_config(
     put("logging", "level", log_level.upper() if log_level else None)
     put("logging", "format", log_format)
     put("triggers", "whole_series_senders", whole_series_senders or None)
+    put("priors", "enabled", priors)
     if destinations:
         parsed = []
         for text in destinations:
@@ -99,6 +101,15 @@ def register(app: typer.Typer) -> None:
                 "(repeatable; replaces triggers.whole_series_senders of the config file)."
             ),
         ),
+        priors: bool | None = typer.Option(
+            None,
+            "--priors/--no-priors",
+            help=(
+                "Compare each result with the patient's earlier hippo-scp results, asked from "
+                "the PACS by C-FIND / C-GET (priors.source, else the first destination). "
+                "Overrides priors.enabled."
+            ),
+        ),
         outbox: Path | None = typer.Option(
             None, "--outbox", help="Folder holding results until every destination has them."
         ),
@@ -131,6 +142,7 @@ def register(app: typer.Typer) -> None:
                 log_level=log_level,
                 log_format=log_format,
                 whole_series_senders=whole_series_sender,
+                priors=priors,
             )
         except ConfigError as error:
             typer.echo(f"error: {error}", err=True)

@@ -91,6 +91,8 @@ def test_flags_override_the_config_file() -> None:
     # Untouched keys keep the file's values.
     assert config.node.max_pdu_bytes == 131072
     assert build_serve_config(DEFAULT_CONFIG_PATH).triggers.whole_series_senders == []
+    assert config.priors.enabled is False
+    assert build_serve_config(DEFAULT_CONFIG_PATH, priors=True).priors.enabled is True
 
 
 def test_bad_destination_flag_names_the_flag() -> None:

@@ -8,12 +8,15 @@ The OHIF browser tests (test_ohif_browser.py) reuse the same stack (session fixt
 
 from __future__ import annotations
 
+import datetime
 import json
 import subprocess
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from .conftest import (
     REPO,
@@ -193,3 +196,48 @@ def test_demo_script_end_to_end(tmp_path: Path):
         stopped = stack.script("stop_stack.sh", check=False)
     assert stopped.returncode == 0
     assert not list((tmp_path / "run").glob("*.pid")), "stop_stack.sh left PID files"
+
+
+def _follow_up_of(series: Path, out: Path, years: int) -> None:
+    """The HippoCrop series of ``series`` as a later examination of the same patient: new
+    study / series / instance UIDs, StudyDate ``years`` later."""
+    out.mkdir(parents=True)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    for path in sorted(series.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        date = str(ds.StudyDate)
+        ds.StudyDate = ds.SeriesDate = f"{int(date[:4]) + years:04d}{date[4:]}"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(out / path.name)
+
+
+def test_a_follow_up_is_compared_with_the_prior_result_in_the_pacs(
+    instance_routed_stack: Stack, data_dir: Path, tmp_path: Path
+):
+    """The node asks Orthanc (C-FIND / C-GET, as the demo's config grants it) for the
+    patient's earlier SR and reports the change: the same images two years later -> 0.0 %."""
+    stack = instance_routed_stack
+    crop = data_dir / "TestVolumes" / "Study1" / "13_HCropVolume"
+    header = pydicom.dcmread(next(crop.glob("*.dcm")), stop_before_pixels=True)
+    stack.send(crop)
+    wait_for(lambda: all_complete(stack, 1), RESULT_WAIT_S, "results of Study1", interval=1.0)
+    _follow_up_of(crop, tmp_path / "later", years=2)
+    stack.send(tmp_path / "later")
+    studies = wait_for(
+        lambda: all_complete(stack, 2), RESULT_WAIT_S, "results of the follow-up", interval=1.0
+    )
+    assert len(studies) == 2
+    log = stack.log("hippo-scp")
+    assert "no comparison with a prior (none:" in log  # the first: nothing earlier in the PACS
+    compared = [line for line in log.splitlines() if "compared with the prior examination" in line]
+    assert len(compared) == 1, log[-3000:]
+    year, month, day = (
+        int(header.StudyDate[:4]),
+        int(header.StudyDate[4:6]),
+        int(header.StudyDate[6:]),
+    )
+    days = (datetime.date(year + 2, month, day) - datetime.date(year, month, day)).days
+    assert f"examination {days} days earlier" in compared[0]
+    assert compared[0].endswith("(+0.0 %)"), compared[0]
+    assert str(header.PatientID) not in log and str(header.PatientName) not in log

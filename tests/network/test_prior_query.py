@@ -1,0 +1,370 @@
+"""PriorResultsQuery against a real Orthanc (deploy_scripts/start_orthanc.sh, free ports).
+
+The SRs in the PACS are real: the project's pipeline (the network_weights model) analyses
+Study1's HippoCrop series twice, once as it is (the "current" examination) and once re-labelled
+as an examination a year earlier. Copies of the earlier SR, re-labelled again, stand for what
+must be ignored: an SR series with another description, a study dated after the current one,
+and an SR with one volume missing. The lookup runs as the node does it: calling AE title
+HIPPOAI, the ``hippoai`` modality that orthanc.json.template allows to C-FIND and C-GET.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import socket
+import socketserver
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from hippo_scp.config import Destination
+from hippo_scp.network.prior_query import (
+    NO_PATIENT_ID,
+    PriorResultsQuery,
+    StudyAnswer,
+    earlier_studies,
+    model_version_of,
+    prior_from_sr,
+)
+from hippo_scp.outputs.identity import SR_SERIES_DESCRIPTION
+from hippo_scp.outputs.sr import read_volumes
+from hippo_scp.pipeline.prior_comparison import parse_dicom_date
+from tests.deploy.conftest import Stack, free_port, require_orthanc
+
+CROP_FOLDER = Path("TestVolumes") / "Study1" / "13_HCropVolume"
+PRIOR_DATE = "20190119"  # Study1 is dated 20200119: one year earlier
+OLDER_DATE = "20180119"
+OLDEST_DATE = "20170119"
+LATER_DATE = "20210119"
+OTHER_PATIENT_ID = "PGBM-NO-RESULTS"
+
+
+@dataclass
+class PacsWithResults:
+    """A running Orthanc holding the SRs, and what the tests compare the lookups with."""
+
+    stack: Stack
+    source: Destination
+    calling_ae_title: str
+    #: one instance of the series being analysed (Study1 HippoCrop as it is)
+    current: Dataset
+    #: the SR of the earlier examination, as stored
+    prior_sr: Dataset
+    #: a header of the patient who has studies in the PACS but no results
+    other_patient: Dataset
+
+    def query(self, **kwargs) -> PriorResultsQuery:
+        return PriorResultsQuery(
+            self.source, calling_ae_title=self.calling_ae_title, timeout_s=10.0, **kwargs
+        )
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def relabelled(datasets: list[Dataset], *, study_date: str, **attributes: str) -> list[Dataset]:
+    """Copies of ``datasets`` as a new study + series taken on ``study_date``."""
+    study_uid, series_uid = generate_uid(), generate_uid()
+    copies = []
+    for ds in datasets:
+        twin = copy.deepcopy(ds)
+        twin.StudyInstanceUID = study_uid
+        twin.SeriesInstanceUID = series_uid
+        twin.SOPInstanceUID = generate_uid()
+        twin.file_meta.MediaStorageSOPInstanceUID = twin.SOPInstanceUID
+        twin.StudyDate = study_date
+        for keyword, value in attributes.items():
+            setattr(twin, keyword, value)
+        copies.append(twin)
+    return copies
+
+
+def without_whole_volume(sr: Dataset) -> Dataset:
+    """``sr`` with its last measurement group (the whole hippocampus) removed."""
+    broken = copy.deepcopy(sr)
+    for item in broken.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeMeaning == "Imaging Measurements":
+            del item.ContentSequence[-1]
+    return broken
+
+
+def store(stack: Stack, ds: Dataset) -> None:
+    """POST one instance to Orthanc's REST API."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    request = urllib.request.Request(
+        stack.orthanc_url + "/instances", data=buffer.getvalue(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert answer.status == 200
+
+
+@pytest.fixture(scope="module")
+def pacs(
+    tmp_path_factory: pytest.TempPathFactory, data_dir: Path, network_weights: Path
+) -> Iterator[PacsWithResults]:
+    require_orthanc()
+    from hippo_scp.model.inference import Segmenter
+    from hippo_scp.pipeline.analysis import SeriesAnalyzer
+
+    series = [pydicom.dcmread(p) for p in sorted((data_dir / CROP_FOLDER).glob("*.dcm"))]
+    analyzer = SeriesAnalyzer(Segmenter(weights_path=network_weights, num_threads=1))
+    current_sr = analyzer.analyze(series).sr
+    prior_sr = analyzer.analyze(relabelled(series, study_date=PRIOR_DATE)).sr
+    ignored = [
+        *relabelled([prior_sr], study_date=OLDER_DATE, SeriesDescription="Other vendor SR"),
+        *relabelled([prior_sr], study_date=LATER_DATE),
+        *relabelled([without_whole_volume(prior_sr)], study_date=OLDEST_DATE),
+    ]
+    other_patient = relabelled(series[:1], study_date=PRIOR_DATE, PatientID=OTHER_PATIENT_ID)
+
+    stack = Stack.create(
+        tmp_path_factory.mktemp("prior_query") / "run", routing="none", route_series=""
+    )
+    try:
+        stack.start("--no-node", "--no-ohif", timeout=120)
+        for ds in (current_sr, prior_sr, *ignored, *other_patient):
+            store(stack, ds)
+        source = Destination(
+            ae_title=stack.env.get("ORTHANC_AET", "ORTHANC"),
+            host="127.0.0.1",
+            port=int(stack.env["ORTHANC_DICOM_PORT"]),
+        )
+        later_header = relabelled(other_patient, study_date=LATER_DATE)[0]
+        yield PacsWithResults(
+            stack=stack,
+            source=source,
+            calling_ae_title=stack.env.get("HIPPO_AET", "HIPPOAI"),
+            current=series[0],
+            prior_sr=prior_sr,
+            other_patient=later_header,
+        )
+    finally:
+        stack.stop()
+
+
+# ----------------------------------------------------------------------------- against Orthanc
+def test_finds_the_earlier_sr_and_ignores_the_rest(
+    pacs: PacsWithResults, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pynetdicom")  # as configure_logging sets it
+    caplog.set_level(logging.INFO)  # last: set_level also sets the capture handler's level
+
+    lookup = pacs.query().lookup(pacs.current)
+
+    assert lookup.status == "found", lookup.reason
+    (prior,) = lookup.priors  # not the current study, the later one, nor the other SRs
+    expected = read_volumes(pacs.prior_sr)
+    assert prior.study_instance_uid == pacs.prior_sr.StudyInstanceUID
+    assert prior.study_date == parse_dicom_date(PRIOR_DATE)
+    assert prior.anterior_mm3 == expected["Anterior hippocampus"]
+    assert prior.posterior_mm3 == expected["Posterior hippocampus"]
+    assert prior.total_mm3 == expected["Hippocampus"]
+    assert prior.model_version == model_version_of(pacs.prior_sr) != ""
+    assert prior.content_datetime == f"{pacs.prior_sr.ContentDate}{pacs.prior_sr.ContentTime}"
+
+    messages = [r.getMessage() for r in caplog.records]
+    summary = f"prior lookup at {pacs.source.ae_title}: 3 earlier studies, 1 with results"
+    assert summary in "\n".join(messages)
+    assert any("skipped an SR: no volume for Hippocampus" in m for m in messages), messages
+    identifiers = (str(pacs.current.PatientID), *str(pacs.current.PatientName).split("^"))
+    for record in caplog.records:
+        if record.levelno >= logging.INFO:
+            assert not any(i in record.getMessage() for i in identifiers), record.getMessage()
+
+
+def test_patient_without_results_gets_none(pacs: PacsWithResults) -> None:
+    lookup = pacs.query().lookup(pacs.other_patient)
+    assert lookup.status == "none"
+    assert lookup.reason == f"no earlier hippo-scp results in {pacs.source.ae_title}"
+
+
+def test_unknown_patient_gets_none(pacs: PacsWithResults) -> None:
+    header = copy.deepcopy(pacs.current)
+    header.PatientID = "PGBM-NOT-IN-PACS"
+    assert pacs.query().lookup(header).status == "none"
+
+
+@pytest.mark.parametrize("patient_id", [None, "", "  "])
+def test_series_without_patient_id_is_unavailable(
+    pacs: PacsWithResults, patient_id: str | None
+) -> None:
+    header = copy.deepcopy(pacs.current)
+    if patient_id is None:
+        del header.PatientID
+    else:
+        header.PatientID = patient_id
+    lookup = pacs.query().lookup(header)
+    assert (lookup.status, lookup.reason) == ("unavailable", NO_PATIENT_ID)
+
+
+def test_calling_ae_unknown_to_orthanc_fails(pacs: PacsWithResults) -> None:
+    query = PriorResultsQuery(pacs.source, calling_ae_title="STRANGER", timeout_s=5.0)
+    started = time.monotonic()
+    lookup = query.lookup(pacs.current)
+    assert time.monotonic() - started < 2.5  # aborted, not released (no ACSE timeout wait)
+    assert lookup.status == "failed"
+    assert lookup.reason.startswith(f"{pacs.source}: ")
+    # Orthanc 1.10 accepts the association (DicomAlwaysAllowEcho) and aborts at the C-FIND;
+    # other PACS reject the association outright.
+    assert "aborted by the PACS at the STUDY C-FIND" in lookup.reason or "rejected" in lookup.reason
+
+
+def test_deadline_bounds_the_whole_lookup(pacs: PacsWithResults) -> None:
+    clock = FakeClock()
+
+    def slow_clock() -> float:  # every step seems to take 20 s: past 3 x 10 s at once
+        clock.now += 20.0
+        return clock.now
+
+    lookup = pacs.query(clock=slow_clock).lookup(pacs.current)
+    assert lookup.status == "failed"
+    assert "no complete answer within 30 s" in lookup.reason
+
+
+# ----------------------------------------------------------------------------- failures
+class CountingHangUp(socketserver.TCPServer):
+    """Accepts TCP connections and closes them at once (a PACS that drops associations),
+    counting them: how the tests see whether a lookup went to the network."""
+
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        self.connections = 0
+        super().__init__(("127.0.0.1", 0), socketserver.BaseRequestHandler)
+
+    def finish_request(self, request: socket.socket, client_address: object) -> None:
+        self.connections += 1
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+
+@pytest.fixture
+def hang_up() -> Iterator[CountingHangUp]:
+    server = CountingHangUp()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def test_closed_port_fails_quickly_without_raising(pacs: PacsWithResults) -> None:
+    source = Destination(ae_title="ORTHANC", host="127.0.0.1", port=free_port())
+    query = PriorResultsQuery(source, calling_ae_title="HIPPOAI", timeout_s=5.0)
+    started = time.monotonic()
+    lookup = query.lookup(pacs.current)
+    assert time.monotonic() - started < 5.0
+    assert lookup.status == "failed"
+    assert lookup.reason.startswith(f"ORTHANC@127.0.0.1:{source.port}: ")
+
+
+def test_outage_window_answers_failed_without_asking(
+    pacs: PacsWithResults, hang_up: CountingHangUp, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pynetdicom")
+    caplog.set_level(logging.INFO)
+    clock = FakeClock()
+    source = Destination(ae_title="ORTHANC", host="127.0.0.1", port=hang_up.port)
+    query = PriorResultsQuery(
+        source, calling_ae_title="HIPPOAI", timeout_s=5.0, retry_after_s=60.0, clock=clock
+    )
+
+    first = query.lookup(pacs.current)
+    assert first.status == "failed"
+    assert hang_up.connections == 1
+    assert any(r.levelno == logging.WARNING for r in caplog.records)
+
+    clock.now += 59.0
+    started = time.monotonic()
+    second = query.lookup(pacs.current)
+    assert time.monotonic() - started < 0.05
+    assert second.status == "failed"
+    assert "not asked again until the outage window ends" in second.reason
+    assert hang_up.connections == 1
+
+    clock.now += 2.0  # the window is over: asked again
+    assert query.lookup(pacs.current).status == "failed"
+    assert hang_up.connections == 2
+
+    for record in caplog.records:
+        assert str(pacs.current.PatientID) not in record.getMessage()
+
+
+def test_silent_peer_fails_after_the_timeout(pacs: PacsWithResults) -> None:
+    with socket.socket() as silent:  # accepts TCP (backlog) but never reads or answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        source = Destination(ae_title="ORTHANC", host="127.0.0.1", port=silent.getsockname()[1])
+        query = PriorResultsQuery(source, calling_ae_title="HIPPOAI", timeout_s=0.5)
+        started = time.monotonic()
+        lookup = query.lookup(pacs.current)
+    assert time.monotonic() - started < 2.5
+    assert lookup.status == "failed"
+    assert "no answer to the association request within" in lookup.reason
+
+
+def test_tls_source_without_tls_context_fails(pacs: PacsWithResults) -> None:
+    source = pacs.source.model_copy(update={"tls": True})
+    lookup = PriorResultsQuery(source, calling_ae_title="HIPPOAI").lookup(pacs.current)
+    assert lookup.status == "failed"
+    assert "needs TLS" in lookup.reason
+
+
+# ----------------------------------------------------------------------------- pure parts
+def test_earlier_studies_excludes_current_and_later_keeps_most_recent() -> None:
+    current = Dataset()
+    current.StudyInstanceUID = "1.1"
+    current.StudyDate = "20200601"
+    answers = [
+        StudyAnswer("1.1", "20200601"),  # the current study
+        StudyAnswer("1.2", "20210101"),  # after it
+        StudyAnswer("1.3", "20190101"),
+        StudyAnswer("1.4", "20200601"),  # same day, another study: kept
+        StudyAnswer("1.5", ""),  # undated: kept, last
+        StudyAnswer("1.6", "20150101"),
+    ]
+    kept = earlier_studies(answers, current, max_studies=3)
+    assert [a.study_instance_uid for a in kept] == ["1.4", "1.3", "1.6"]
+    assert [a.study_instance_uid for a in earlier_studies(answers, current, 10)][-1] == "1.5"
+
+
+def test_prior_from_unreadable_sr_raises_value_error_without_patient_data() -> None:
+    sr = Dataset()
+    sr.PatientID = "PGBM-SECRET"
+    with pytest.raises(ValueError) as raised:
+        prior_from_sr(sr, StudyAnswer("1.2", "20190101"))
+    assert "PGBM-SECRET" not in str(raised.value)
+
+
+def test_model_version_of_reads_the_model_value() -> None:
+    sr = Dataset()
+    assert model_version_of(sr) == ""
+    sr.SoftwareVersions = ["hippo-scp 0.1.0", "model hippo-unet-1.0"]
+    assert model_version_of(sr) == "hippo-unet-1.0"
+    sr.SoftwareVersions = "hippo-scp 0.1.0"
+    assert model_version_of(sr) == ""
+
+
+def test_description_constant_is_what_the_sr_carries(pacs: PacsWithResults) -> None:
+    assert pacs.prior_sr.SeriesDescription == SR_SERIES_DESCRIPTION
