@@ -12,7 +12,8 @@ stored at the destination. Since 2026-11-28 the node analyses and serialises a r
 during its release grace (``triggers.analyze_during_grace``) and logs ``grace``, what was left
 of it afterwards; ``queue`` counts from the release. Older logs (no ``grace`` part) counted
 ``queue`` from the end of the grace, so ``triggers.release_grace_seconds`` (default 1 s) is
-added for them. ``write`` (serialising the objects for the outbox) is logged since 2026-11-27.
+added for them. ``write`` (serialising the objects for the outbox) is logged since 2026-11-27;
+``priors`` (the PACS query for earlier results, with ``priors.enabled``) since 2026-11-28.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ _DELIVERED = re.compile(
     r"\((?P<instances>\S+) instances, trigger (?P<trigger>[^)]+)\): (?P<parts>[^;]*)"
 )
 _PART = re.compile(r"(\w+) (\d+(?:\.\d+)?) ms")
-AFTER_TRIGGER = ("queue", "assemble", "infer", "encode", "write", "grace", "send")
+AFTER_TRIGGER = ("queue", "assemble", "infer", "priors", "encode", "write", "grace", "send")
 
 
 def series_label(series_uid: str) -> str:

@@ -297,6 +297,7 @@ class ResultSender(threading.Thread):
                 "queue",
                 "assemble",
                 "infer",
+                "priors",
                 "encode",
                 "write",
                 "grace",

@@ -69,6 +69,8 @@ class PriorLookup:
     priors: tuple[PriorMeasurement, ...] = ()
     #: one line for the report and the log when not ``found``; never patient data
     reason: str = ""
+    #: earlier studies holding results (the source may read only the latest of them)
+    studies_with_results: int = 0
 
     def __post_init__(self) -> None:
         if (self.status == "found") != bool(self.priors):
@@ -221,7 +223,7 @@ def compare_with_prior(
             VolumeChange("Total", prior.total_mm3, current.total_mm3),
         ),
         same_model=bool(prior.model_version) and prior.model_version == current_model_version,
-        prior_count=len(studies),
+        prior_count=max(len(studies), lookup.studies_with_results),
     )
 
 

@@ -199,6 +199,8 @@ class AnalysisWorker(threading.Thread):
             "infer": round(timings.get("infer", 0.0), 1),
             "encode": round(timings.get("encode", 0.0), 1),
         }
+        if "priors" in timings:  # the PACS query for earlier results (priors.enabled)
+            stages["priors"] = round(timings["priors"], 1)
         if job.confirm_at is not None:
             stages["grace"] = round(grace_ms, 1)  # what was left of the grace after the analysis
         summary = {

@@ -240,4 +240,6 @@ def test_a_follow_up_is_compared_with_the_prior_result_in_the_pacs(
     days = (datetime.date(year + 2, month, day) - datetime.date(year, month, day)).days
     assert f"examination {days} days earlier" in compared[0]
     assert compared[0].endswith("(+0.0 %)"), compared[0]
+    delivered = [line for line in log.splitlines() if "results delivered" in line]
+    assert len(delivered) == 2 and all(", priors " in line for line in delivered), delivered
     assert str(header.PatientID) not in log and str(header.PatientName) not in log

@@ -4,7 +4,8 @@ The SRs in the PACS are real: the project's pipeline (the network_weights model)
 Study1's HippoCrop series twice, once as it is (the "current" examination) and once re-labelled
 as an examination a year earlier. Copies of the earlier SR, re-labelled again, stand for what
 must be ignored: an SR series with another description, a study dated after the current one,
-and an SR with one volume missing. The lookup runs as the node does it: calling AE title
+and an SR with one volume missing in the most recent earlier study (so the lookup must fall
+back to the study before it). The lookup runs as the node does it: calling AE title
 HIPPOAI, the ``hippoai`` modality that orthanc.json.template allows to C-FIND and C-GET.
 """
 
@@ -44,7 +45,7 @@ from tests.deploy.conftest import Stack, free_port, require_orthanc
 CROP_FOLDER = Path("TestVolumes") / "Study1" / "13_HCropVolume"
 PRIOR_DATE = "20190119"  # Study1 is dated 20200119: one year earlier
 OLDER_DATE = "20180119"
-OLDEST_DATE = "20170119"
+UNREADABLE_DATE = "20190719"  # between the prior and the current examination
 LATER_DATE = "20210119"
 OTHER_PATIENT_ID = "PGBM-NO-RESULTS"
 
@@ -131,7 +132,7 @@ def pacs(
     ignored = [
         *relabelled([prior_sr], study_date=OLDER_DATE, SeriesDescription="Other vendor SR"),
         *relabelled([prior_sr], study_date=LATER_DATE),
-        *relabelled([without_whole_volume(prior_sr)], study_date=OLDEST_DATE),
+        *relabelled([without_whole_volume(prior_sr)], study_date=UNREADABLE_DATE),
     ]
     other_patient = relabelled(series[:1], study_date=PRIOR_DATE, PatientID=OTHER_PATIENT_ID)
 
@@ -170,6 +171,7 @@ def test_finds_the_earlier_sr_and_ignores_the_rest(
     lookup = pacs.query().lookup(pacs.current)
 
     assert lookup.status == "found", lookup.reason
+    assert lookup.studies_with_results == 2  # the unreadable one and the prior
     (prior,) = lookup.priors  # not the current study, the later one, nor the other SRs
     expected = read_volumes(pacs.prior_sr)
     assert prior.study_instance_uid == pacs.prior_sr.StudyInstanceUID
@@ -181,7 +183,9 @@ def test_finds_the_earlier_sr_and_ignores_the_rest(
     assert prior.content_datetime == f"{pacs.prior_sr.ContentDate}{pacs.prior_sr.ContentTime}"
 
     messages = [r.getMessage() for r in caplog.records]
-    summary = f"prior lookup at {pacs.source.ae_title}: 3 earlier studies, 1 with results"
+    summary = (
+        f"prior lookup at {pacs.source.ae_title}: 3 earlier studies, 2 with results, 1 SR(s) read"
+    )
     assert summary in "\n".join(messages)
     assert any("skipped an SR: no volume for Hippocampus" in m for m in messages), messages
     identifiers = (str(pacs.current.PatientID), *str(pacs.current.PatientName).split("^"))

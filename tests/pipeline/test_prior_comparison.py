@@ -121,6 +121,9 @@ def test_prior_count_counts_earlier_studies_not_srs():
     )
     comparison = compare(lookup)
     assert comparison is not None and comparison.prior_count == 2
+    # a source that read only the latest study says how many it saw
+    latest_only = PriorLookup("found", lookup.priors[:1], studies_with_results=3)
+    assert compare(latest_only).prior_count == 3
 
 
 def test_an_implausible_change_raises_a_flag():
