@@ -53,11 +53,13 @@ SPLIT_FILE = REPO_ROOT / "model_weights" / "split.json"
 
 
 def model_version_of(ds: Dataset) -> str:
-    """The model version an output records in SoftwareVersions (``model <version>``)."""
-    for value in ds.SoftwareVersions:
-        if str(value).startswith("model "):
-            return str(value).removeprefix("model ")
-    raise ValueError("no 'model <version>' value in SoftwareVersions")
+    """The model version an output records; an example without one is an error."""
+    from hippo_scp.outputs.identity import model_version_of as recorded
+
+    version = recorded(ds)
+    if not version:
+        raise ValueError("no 'model <version>' value in SoftwareVersions")
+    return version
 
 
 def load_analyzer(weights: Path, threads: int) -> tuple[Any, Any]:

@@ -68,6 +68,7 @@ from hippo_scp.outputs.identity import (
     POSTERIOR_STRUCTURE,
     SR_SERIES_DESCRIPTION,
     WHOLE_STRUCTURE,
+    model_version_of,
 )
 from hippo_scp.outputs.sr import read_volumes
 from hippo_scp.pipeline.prior_comparison import PriorLookup, PriorMeasurement, parse_dicom_date
@@ -82,8 +83,6 @@ DEADLINE_FACTOR = 3.0
 MAX_PDU_BYTES = 131072
 #: The reason of an ``unavailable`` lookup.
 NO_PATIENT_ID = "the series has no PatientID"
-#: SoftwareVersions value prefix that carries the model version (OutputIdentity).
-MODEL_VERSION_PREFIX = "model "
 
 _SUCCESS = 0x0000
 _PENDING = frozenset({0xFF00, 0xFF01})
@@ -131,20 +130,6 @@ def earlier_studies(
         reverse=True,
     )
     return kept[: max(0, max_studies)]
-
-
-def model_version_of(sr: Dataset) -> str:
-    """The model version an SR records: its SoftwareVersions value ``model <version>``."""
-    values = sr.get("SoftwareVersions")
-    if values is None:
-        return ""
-    if isinstance(values, str | bytes):
-        values = [values]
-    for value in values:
-        text = str(value).strip()
-        if text.startswith(MODEL_VERSION_PREFIX):
-            return text[len(MODEL_VERSION_PREFIX) :].strip()
-    return ""
 
 
 def prior_from_sr(sr: Dataset, study: StudyAnswer) -> PriorMeasurement:
@@ -569,6 +554,5 @@ __all__ = [
     "QueryFailed",
     "StudyAnswer",
     "earlier_studies",
-    "model_version_of",
     "prior_from_sr",
 ]

@@ -45,6 +45,8 @@ SEG_SERIES_DESCRIPTION = "HippoAI Segmentation"
 REPORT_SERIES_DESCRIPTION = "HippoAI Report"
 
 NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
+#: The SoftwareVersions value that names the model: ``model <version>``.
+MODEL_VERSION_PREFIX = "model "
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,21 @@ WHOLE_STRUCTURE = StructureCode(0, "Hippocampus", None, (255, 255, 255))
 SEGMENTED_STRUCTURES: tuple[StructureCode, ...] = (ANTERIOR_STRUCTURE, POSTERIOR_STRUCTURE)
 
 
+def model_version_of(ds: Dataset) -> str:
+    """The model version an output of this node records (its SoftwareVersions value
+    ``model <version>``); "" when there is none (another product's object, or none at all)."""
+    values = ds.get("SoftwareVersions")
+    if values is None:
+        return ""
+    if isinstance(values, str | bytes):
+        values = [values]
+    for value in values:
+        text = str(value).strip()
+        if text.startswith(MODEL_VERSION_PREFIX):
+            return text[len(MODEL_VERSION_PREFIX) :].strip()
+    return ""
+
+
 @dataclass(frozen=True)
 class OutputIdentity:
     """Identity of the producing software + model, passed to every output builder.
@@ -97,8 +114,9 @@ class OutputIdentity:
 
     @property
     def software_versions(self) -> list[str]:
-        """SoftwareVersions (LO, multi-valued): software first, then the model version."""
-        return [self.software_version, f"model {self.model_version}"[:64]]
+        """SoftwareVersions (LO, multi-valued): software first, then the model version
+        (read back by :func:`model_version_of`)."""
+        return [self.software_version, f"{MODEL_VERSION_PREFIX}{self.model_version}"[:64]]
 
     @property
     def weights_parameter(self) -> str:

@@ -34,10 +34,9 @@ from hippo_scp.network.prior_query import (
     PriorResultsQuery,
     StudyAnswer,
     earlier_studies,
-    model_version_of,
     prior_from_sr,
 )
-from hippo_scp.outputs.identity import SR_SERIES_DESCRIPTION
+from hippo_scp.outputs.identity import SR_SERIES_DESCRIPTION, model_version_of
 from hippo_scp.outputs.sr import read_volumes
 from hippo_scp.pipeline.prior_comparison import parse_dicom_date
 from tests.deploy.conftest import Stack, free_port, require_orthanc
@@ -359,15 +358,6 @@ def test_prior_from_unreadable_sr_raises_value_error_without_patient_data() -> N
     with pytest.raises(ValueError) as raised:
         prior_from_sr(sr, StudyAnswer("1.2", "20190101"))
     assert "PGBM-SECRET" not in str(raised.value)
-
-
-def test_model_version_of_reads_the_model_value() -> None:
-    sr = Dataset()
-    assert model_version_of(sr) == ""
-    sr.SoftwareVersions = ["hippo-scp 0.1.0", "model hippo-unet-1.0"]
-    assert model_version_of(sr) == "hippo-unet-1.0"
-    sr.SoftwareVersions = "hippo-scp 0.1.0"
-    assert model_version_of(sr) == ""
 
 
 def test_description_constant_is_what_the_sr_carries(pacs: PacsWithResults) -> None:

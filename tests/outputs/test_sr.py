@@ -9,12 +9,13 @@ import subprocess
 import highdicom as hd
 import numpy as np
 import pytest
+from pydicom import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 
 from hippo_scp import MANUFACTURER, SOFTWARE_NAME
 from hippo_scp.assembly.selection import is_own_output
-from hippo_scp.outputs.identity import SR_SERIES_DESCRIPTION
+from hippo_scp.outputs.identity import SR_SERIES_DESCRIPTION, model_version_of
 from tests.outputs.conftest import IDENTITY
 
 #: Fixed tracking UIDs, so two builds of one SR can be compared item by item.
@@ -254,3 +255,13 @@ def test_seg_and_sr_share_one_set_of_reference_headers(built):
     for keyword in ("ContentSequence", "CurrentRequestedProcedureEvidenceSequence"):
         assert shared[keyword].to_json() == fresh[keyword].to_json()
     assert [h.to_json_dict() for h in headers] == before
+
+
+def test_model_version_is_read_back_from_software_versions(built) -> None:
+    """What the prior lookup and the examples read: the SoftwareVersions value the builders
+    write (OutputIdentity.software_versions)."""
+    assert model_version_of(built.sr) == IDENTITY.model_version
+    ds = Dataset()
+    assert model_version_of(ds) == ""
+    ds.SoftwareVersions = "hippo-scp 0.1.0"
+    assert model_version_of(ds) == ""
