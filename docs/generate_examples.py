@@ -4,7 +4,8 @@ What it does, with the same code the node runs (selection rules, ``SeriesAnalyze
 SEG / SC builders, ``hippo-scp analyze``'s writer):
 
 * Study1: ``sr.dcm``, ``seg.dcm``, ``report.dcm``, ``report.png``, ``result.json`` and
-  ``sr_dsrdump.txt`` (dcmtk's ``dsrdump`` of the SR);
+  ``sr_dsrdump.txt`` (dcmtk's ``dsrdump`` of the SR); ``report_with_prior.png``, the page
+  with a comparison (Study1's own SR standing in for the examination a year earlier);
 * Study1..3: ``test_studies.json`` -- volumes, QC flags and model version per study;
 * the validation split of the training data (``model_weights/split.json``, else the documented
   fixed-seed split): ``validation_metrics.json`` -- Dice, HD95 and volume error per case
@@ -49,6 +50,7 @@ EXAMPLE_STUDY = "Study1"
 TEST_STUDIES = ("Study1", "Study2", "Study3")
 STUDIES_JSON = "test_studies.json"
 VALIDATION_JSON = "validation_metrics.json"
+PRIOR_REPORT_PNG = "report_with_prior.png"
 SPLIT_FILE = REPO_ROOT / "model_weights" / "split.json"
 
 
@@ -71,7 +73,7 @@ def load_analyzer(weights: Path, threads: int) -> tuple[Any, Any]:
     return segmenter, SeriesAnalyzer(segmenter, AnalysisSettings())
 
 
-def analyse_study(analyzer: Any, study: Path) -> Any:
+def analyse_study(analyzer: Any, study: Path, prior_source: Any = None) -> Any:
     """Select and analyse the one series of ``study`` the default rules pick."""
     from hippo_scp.assembly.selection import SeriesSelector
     from hippo_scp.config import NodeConfig
@@ -80,7 +82,31 @@ def analyse_study(analyzer: Any, study: Path) -> Any:
     scan = scan_folder(study, SeriesSelector(NodeConfig().selection))
     if len(scan.selected) != 1:
         raise SystemExit(f"{study}: expected one selected series, found {len(scan.selected)}")
-    return analyzer.analyze(scan.selected[0].load())
+    return analyzer.analyze(scan.selected[0].load(), prior_source=prior_source)
+
+
+class OwnResultAYearEarlier:
+    """A prior source for the example page: the study's own SR, read back the way the node's
+    PACS query reads one (``prior_from_sr``), as if it were the examination a year earlier.
+    Same images, so the page shows +0.0 % -- real numbers, not invented ones."""
+
+    def __init__(self, sr: Dataset) -> None:
+        self._sr = sr
+
+    def lookup(self, current: Dataset) -> Any:
+        import datetime
+
+        from pydicom.uid import generate_uid
+
+        from hippo_scp.network.prior_query import StudyAnswer, prior_from_sr
+        from hippo_scp.pipeline.prior_comparison import PriorLookup, parse_dicom_date
+
+        date = parse_dicom_date(current.StudyDate) or datetime.date(2020, 1, 1)
+        earlier = date.replace(year=date.year - 1).strftime("%Y%m%d")
+        sr = self._sr.copy()
+        sr.StudyDate, sr.StudyInstanceUID = earlier, generate_uid()
+        study = StudyAnswer(str(sr.StudyInstanceUID), earlier)
+        return PriorLookup("found", (prior_from_sr(sr, study),), studies_with_results=1)
 
 
 def _dsrdump(sr_path: Path) -> str:
@@ -175,6 +201,8 @@ def _readme(files: list[str], images: list[Path], version: str, sha: str) -> str
         "seg.dcm": "DICOM Segmentation, BINARY, segments 1 anterior and 2 posterior",
         "report.dcm": "RGB Secondary Capture report page",
         "report.png": "the same page as PNG",
+        PRIOR_REPORT_PNG: "the page with the comparison the node prints when the PACS holds an "
+        "earlier result (here Study1's own SR presented as a year older: +0.0 %)",
         "sr_dsrdump.txt": "`dsrdump +Pc sr.dcm` (dcmtk)",
         "result.json": "what `hippo-scp analyze` writes next to the objects (no patient data)",
         STUDIES_JSON: "volumes and QC flags for Study1-3 (input of the validation plan)",
@@ -184,6 +212,14 @@ def _readme(files: list[str], images: list[Path], version: str, sha: str) -> str
     }
     lines += [f"| [`{name}`]({name}) | {what.get(name, '')} |" for name in files]
     lines += ["", "![report](report.png)", ""]
+    if PRIOR_REPORT_PNG in files:
+        lines += [
+            "With `priors.enabled`, the bottom panel compares with the patient's most recent "
+            'earlier examination (docs/operations.md, "Prior comparison"):',
+            "",
+            f"![report with prior]({PRIOR_REPORT_PNG})",
+            "",
+        ]
     if images:
         lines += ["## In OHIF", "", "Screenshots taken by `tests/deploy` (OHIF on Orthanc).", ""]
         for image in images:
@@ -223,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         if name == EXAMPLE_STUDY:
             write_result(result, out)
             (out / "sr_dsrdump.txt").write_text(_dsrdump(out / "sr.dcm"), encoding="utf-8")
+            compared = analyse_study(
+                analyzer, args.data / "TestVolumes" / name, OwnResultAYearEarlier(result.sr)
+            )
+            (out / PRIOR_REPORT_PNG).write_bytes(compared.report_png)
         studies[name] = {
             "series_description": result.series_description,
             "slice_count": result.slice_count,
