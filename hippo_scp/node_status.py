@@ -99,6 +99,9 @@ class AuditSummary:
     analyses: Counter[str] = field(default_factory=Counter)  # outcome -> series
     refusal_kinds: Counter[str] = field(default_factory=Counter)  # "SliceGapError" -> series
     outages: Counter[str] = field(default_factory=Counter)  # destination -> outages begun
+    #: prior lookups by what they gave (compared / none / failed / unavailable)
+    priors: Counter[str] = field(default_factory=Counter)
+    last_prior_failure: str | None = None
     #: Destinations whose last outage record (whole log) has no recovery: since, reason.
     failing: dict[str, tuple[str, str]] = field(default_factory=dict)
     last_started: str | None = None
@@ -227,6 +230,10 @@ def summarise_audit_log(path: Path | None, since: datetime) -> AuditSummary:
                 summary.analyses[outcome] += 1
                 if outcome != "results_queued":
                     summary.refusal_kinds[_reason_kind(str(record.get("reason", "?")))] += 1
+                if "prior" in record:
+                    summary.priors[str(record["prior"])] += 1
+                    if record["prior"] == "failed":
+                        summary.last_prior_failure = str(record.get("prior_reason", "?"))
             if event == "results_sent" and record.get("outcome") == "success":
                 summary.results_sent[destination] += 1
             if event == "node_started":
@@ -344,6 +351,14 @@ def format_status(status: NodeStatus) -> str:
             f"{audit.analyses['refused']} refused, {audit.analyses['failed']} failed"
             + (f" ({kinds})" if kinds else "")
         )
+        if audit.priors:
+            p = audit.priors
+            failure = f" (last: {audit.last_prior_failure})" if audit.last_prior_failure else ""
+            out.append(
+                f"  prior comparisons: {p['compared']} compared, {p['none']} without an "
+                f"earlier result, {p['failed']} failed{failure}, {p['unavailable']} without "
+                "a PatientID"
+            )
         top = audit.results_sent.most_common(MAX_LISTED_DESTINATIONS)
         sent = ", ".join(f"{d}: {n}" for d, n in top) or "none"
         if len(audit.results_sent) > len(top):

@@ -109,6 +109,11 @@ def test_audit_summary_counts_the_window_and_skips_garbage(tmp_path) -> None:
             )  # fmt: skip
         audit_event("results_sent", destination="ORTHANC@127.0.0.1:4242", outcome="success")
         audit_event("series_analysis", series="s-1", outcome="results_queued")
+        audit_event("series_analysis", series="s-3", outcome="results_queued", prior="compared")
+        audit_event(
+            "series_analysis", series="s-4", outcome="results_queued", prior="failed",
+            prior_reason="ORTHANC@h:1: Study Root C-GET not accepted",
+        )  # fmt: skip
         for destination in ("A@h:1", "B@h:2"):
             audit_event(
                 "destination_unreachable", destination=destination, outcome="failed",
@@ -130,13 +135,18 @@ def test_audit_summary_counts_the_window_and_skips_garbage(tmp_path) -> None:
     assert summary.rejection_reasons == {"calling AE title not allowed": 2}
     assert (summary.instances_stored, summary.instances_refused) == (32, 1)
     assert summary.results_sent == {"ORTHANC@127.0.0.1:4242": 1}
-    assert summary.analyses == {"results_queued": 1, "refused": 1}
+    assert summary.analyses == {"results_queued": 3, "refused": 1}
+    assert summary.priors == {"compared": 1, "failed": 1}
+    assert summary.last_prior_failure == "ORTHANC@h:1: Study Root C-GET not accepted"
     assert summary.refusal_kinds == {"SliceGapError": 1}
     assert summary.outages == {"A@h:1": 1, "B@h:2": 1}
     assert list(summary.failing) == ["B@h:2"]  # A recovered
-    assert "B@h:2 failing since" in format_status(
-        node_status(_config(tmp_path, [PACS]), echo=False)
-    )
+    report = format_status(node_status(_config(tmp_path, [PACS]), echo=False))
+    assert "B@h:2 failing since" in report
+    assert (
+        "prior comparisons: 1 compared, 0 without an earlier result, 1 failed "
+        "(last: ORTHANC@h:1: Study Root C-GET not accepted), 0 without a PatientID"
+    ) in report
     assert summary.last_started is not None and summary.unreadable_lines == 1
     assert (
         summarise_audit_log(log, datetime(2019, 1, 1, tzinfo=UTC)).events["association_accepted"]

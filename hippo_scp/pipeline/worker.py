@@ -242,7 +242,7 @@ class AnalysisWorker(threading.Thread):
         )
         if prior is not None:
             LOGGER.info("series %s: %s", job.label, describe_prior(prior))
-        self._audit(job, "results_queued", None)
+        self._audit(job, "results_queued", None, prior=prior)
         self._on_results()
         return outbox_id
 
@@ -306,9 +306,13 @@ class AnalysisWorker(threading.Thread):
         self._retire(job)
 
     @staticmethod
-    def _audit(job: SeriesJob, outcome: str, reason: str | None) -> None:
+    def _audit(
+        job: SeriesJob, outcome: str, reason: str | None, *, prior: dict[str, Any] | None = None
+    ) -> None:
         """One ``series_analysis`` audit record per filed outcome (``hippo-scp status`` counts
-        them): the series label, never patient data; the reason as the log states it."""
+        them): the series label, never patient data; the reason as the log states it; with
+        the prior comparison on, what the lookup gave (``prior``, and ``prior_reason`` when
+        it was not a comparison)."""
         fields: dict[str, Any] = {
             "series": job.label,
             "instances": len(job.instances),
@@ -317,6 +321,10 @@ class AnalysisWorker(threading.Thread):
         }
         if reason is not None:
             fields["reason"] = reason
+        if prior is not None:
+            fields["prior"] = prior.get("status")
+            if prior.get("reason"):
+                fields["prior_reason"] = prior["reason"]
         audit_event("series_analysis", **fields)
 
     def _retire(self, job: SeriesJob) -> None:

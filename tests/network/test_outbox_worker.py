@@ -18,6 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from hippo_scp.assembly.series_store import SeriesStore, StoreSettings
 from hippo_scp.config import Destination
 from hippo_scp.imaging.errors import TooFewSlicesError
+from hippo_scp.logging_setup import AUDIT_LOGGER_NAME
 from hippo_scp.network import sender as sender_module
 from hippo_scp.network.outbox import EncodedObjects, Outbox, destination_folder_name
 from hippo_scp.network.sender import ResultSender, SenderSettings
@@ -320,8 +321,10 @@ def test_the_comparison_with_the_prior_is_in_the_summary_and_the_log(caplog) -> 
 
     outbox = FakeOutbox()
     (job,) = store.collect_ready()
-    with caplog.at_level(logging.INFO, logger="hippo_scp.pipeline.worker"):
+    with caplog.at_level(logging.INFO):
         AnalysisWorker(store, analyze, outbox).process(job)
     assert outbox.sets[0][2]["prior_comparison"] == comparison
+    (audit,) = [r.fields for r in caplog.records if r.name == AUDIT_LOGGER_NAME]
+    assert audit["event"] == "series_analysis" and audit["prior"] == "compared"
     assert "prior examination 365 days earlier: total 3400 -> 3250 mm3 (-4.4 %)" in caplog.text
     assert "DOE" not in caplog.text
