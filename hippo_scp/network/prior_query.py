@@ -11,15 +11,15 @@ So the node asks the PACS for them, on one association, in three steps:
 2. **C-FIND, SERIES level** in each kept study: series with Modality ``SR`` and our
    SeriesDescription. The answers are checked again here, because some PACS ignore matching
    keys they do not index and answer every series.
-3. **C-GET, SERIES level** of the result series of the most recent of those studies (an
-   older one only if none of its SRs can be read): the PACS sends the SR instances back as
-   C-STORE sub-operations *on the same association* (we propose Comprehensive 3D SR Storage
-   with the SCP role). C-GET rather than C-MOVE: C-MOVE makes the PACS open a second
-   association to a listening port, which the PACS must have configured as a move destination
-   (AE title, host, port) for the node; C-GET needs only the association the node opened,
-   so a node behind a firewall or NAT and a PACS administrator who only registered the node as
-   a query client both work. The SRs are small (tens of kB), so C-GET's lack of parallelism
-   costs nothing.
+3. **C-GET, SERIES level** of the newest result series (SeriesDate / SeriesTime) of the most
+   recent of those studies (an older one only if its SR cannot be read): the PACS sends the SR
+   instances back as C-STORE sub-operations *on the same association* (we propose
+   Comprehensive 3D SR Storage with the SCP role). C-GET rather than C-MOVE: C-MOVE makes the
+   PACS open a second association to a listening port, which the PACS must have configured as
+   a move destination (AE title, host, port) for the node; C-GET needs only the association
+   the node opened, so a node behind a firewall or NAT and a PACS administrator who only
+   registered the node as a query client both work. The SRs are small (tens of kB), so
+   C-GET's lack of parallelism costs nothing.
 
 Each SR is read the way a downstream system would (:func:`hippo_scp.outputs.sr.read_volumes`)
 into a :class:`~hippo_scp.pipeline.prior_comparison.PriorMeasurement`.
@@ -279,21 +279,26 @@ class QuerySession:
         return studies
 
     def find_result_series(self, study: StudyAnswer) -> list[str]:
-        """SeriesInstanceUIDs of our SR series in ``study``, matched again client-side."""
+        """SeriesInstanceUIDs of our SR series in ``study``, matched again client-side,
+        newest first (SeriesDate + SeriesTime; a study analysed again holds several, and only
+        the newest is normally read)."""
         query = Dataset()
         query.QueryRetrieveLevel = "SERIES"
         query.StudyInstanceUID = study.study_instance_uid
         query.SeriesInstanceUID = ""
         query.Modality = "SR"
         query.SeriesDescription = SR_SERIES_DESCRIPTION
-        series = []
+        query.SeriesDate = ""
+        query.SeriesTime = ""
+        series: list[tuple[str, str]] = []
         for answer in self._find(query):
             uid = str(answer.get("SeriesInstanceUID", "") or "")
             modality = str(answer.get("Modality", "") or "").strip()
             description = str(answer.get("SeriesDescription", "") or "").strip()
             if uid and modality == "SR" and description == SR_SERIES_DESCRIPTION:
-                series.append(uid)
-        return series
+                made = f"{answer.get('SeriesDate', '') or ''}{answer.get('SeriesTime', '') or ''}"
+                series.append((made, uid))
+        return [uid for _, uid in sorted(series, reverse=True)]
 
     def retrieve(self, study: StudyAnswer, series_uid: str) -> list[Dataset]:
         """C-GET one series; the instances the PACS sent back on this association."""
@@ -438,13 +443,13 @@ class PriorResultsQuery:
     def _query(
         self, patient_id: str, current: Dataset
     ) -> tuple[list[StudyAnswer], int, list[PriorMeasurement]]:
-        """The earlier studies, how many hold our results, and the results of the most recent
-        of them that has a readable SR.
+        """The earlier studies, how many hold our results, and the newest readable result
+        of the most recent of them.
 
-        Only that study's SRs are retrieved and read: the report compares with the latest
+        Only one SR series is normally retrieved and read: the report compares with the latest
         earlier examination, and reading an SR (highdicom) costs ~0.3 s the worker would
-        otherwise spend per earlier examination. An older study is read only when every SR
-        of the newer one is unusable.
+        otherwise spend per earlier examination and per re-analysis. An older series (or
+        study) is read only when the newer one is unusable.
         """
         deadline = Deadline(self._clock, DEADLINE_FACTOR * self._timeout_s)
         with self._session() as session:
@@ -463,14 +468,13 @@ class PriorResultsQuery:
                 )
                 if series_uids:
                     candidates.append((study, series_uids))
-            for study, series_uids in candidates:  # most recent first
-                retrieved: list[Dataset] = []
-                for series_uid in series_uids:
+            for study, series_uids in candidates:  # most recent study first
+                for series_uid in series_uids:  # its newest result series first
                     deadline.check()
-                    retrieved.extend(session.retrieve(study, series_uid))
-                priors = [p for sr in retrieved if (p := self._parse(study, sr, patient_id))]
-                if priors:
-                    return studies, len(candidates), priors
+                    retrieved = session.retrieve(study, series_uid)
+                    priors = [p for sr in retrieved if (p := self._parse(study, sr, patient_id))]
+                    if priors:
+                        return studies, len(candidates), priors
         return studies, len(candidates), []
 
     @staticmethod

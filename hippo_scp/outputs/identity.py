@@ -14,6 +14,7 @@ because three different consumers depend on it staying consistent:
 from __future__ import annotations
 
 import copy
+import datetime
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -72,6 +73,14 @@ ANTERIOR_STRUCTURE = StructureCode(1, "Anterior hippocampus", ANTERIOR, (230, 15
 POSTERIOR_STRUCTURE = StructureCode(2, "Posterior hippocampus", POSTERIOR, (86, 180, 233))
 WHOLE_STRUCTURE = StructureCode(0, "Hippocampus", None, (255, 255, 255))
 SEGMENTED_STRUCTURES: tuple[StructureCode, ...] = (ANTERIOR_STRUCTURE, POSTERIOR_STRUCTURE)
+
+
+def series_created_now() -> dict[str, datetime.date | datetime.time]:
+    """``series_date`` / ``series_time`` keyword arguments for a result series: when it was
+    made. Viewers list series by them, and the prior lookup takes the newest of a study's
+    SR series first (a study analysed again has several)."""
+    now = datetime.datetime.now()
+    return {"series_date": now.date(), "series_time": now.time()}
 
 
 def model_version_of(ds: Dataset) -> str:

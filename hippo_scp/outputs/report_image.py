@@ -35,6 +35,7 @@ from hippo_scp.outputs.identity import (
     REPORT_SERIES_NUMBER,
     OutputIdentity,
     reference_header,
+    series_created_now,
 )
 from hippo_scp.pipeline.measurement import HippocampusVolumes
 from hippo_scp.pipeline.prior_comparison import PriorComparison, PriorLookup
@@ -520,6 +521,7 @@ def build_report_sc(
         manufacturer_model_name=identity.model_name,
         software_versions=identity.software_versions,
         device_serial_number=identity.device_serial_number,
+        **series_created_now(),
     )
     # from_ref_dataset copies a fixed subset; copy the complete Patient / Study modules as the
     # SEG and SR do (PatientAge, StudyDescription, ...), so all three objects agree.

@@ -23,6 +23,7 @@ from hippo_scp.outputs.identity import (
     OutputIdentity,
     StructureCode,
     reference_headers,
+    series_created_now,
 )
 
 
@@ -101,5 +102,6 @@ def build_segmentation(
         omit_empty_frames=bool(frames.any()),
         series_description=SEG_SERIES_DESCRIPTION,
         contributing_equipment=identity.contributing_equipment(),
+        **series_created_now(),
     )
     return seg

@@ -26,6 +26,7 @@ from hippo_scp.outputs.identity import (
     OutputIdentity,
     StructureCode,
     reference_headers,
+    series_created_now,
 )
 from hippo_scp.outputs.image_library import build_image_library
 from hippo_scp.pipeline.measurement import HippocampusVolumes
@@ -161,6 +162,7 @@ def build_volume_sr(
         software_versions=identity.software_versions,
         device_serial_number=identity.device_serial_number,
         contributing_equipment=identity.contributing_equipment(),
+        **series_created_now(),
     )
     _insert_image_library(sr, headers)
     return sr

@@ -5,8 +5,10 @@ Study1's HippoCrop series twice, once as it is (the "current" examination) and o
 as an examination a year earlier. Copies of the earlier SR, re-labelled again, stand for what
 must be ignored: an SR series with another description, a study dated after the current one,
 and an SR with one volume missing in the most recent earlier study (so the lookup must fall
-back to the study before it). The lookup runs as the node does it: calling AE title
-HIPPOAI, the ``hippoai`` modality that orthanc.json.template allows to C-FIND and C-GET.
+back to the study before it); the prior study also holds an older SR series (an earlier
+analysis by other weights), which must not be read. The lookup runs as the node does it:
+calling AE title HIPPOAI, the ``hippoai`` modality that orthanc.json.template allows to C-FIND
+and C-GET.
 """
 
 from __future__ import annotations
@@ -134,13 +136,19 @@ def pacs(
         *relabelled([without_whole_volume(prior_sr)], study_date=UNREADABLE_DATE),
     ]
     other_patient = relabelled(series[:1], study_date=PRIOR_DATE, PatientID=OTHER_PATIENT_ID)
+    # the prior study analysed once before, by other weights: an older SR series of the study
+    superseded = copy.deepcopy(prior_sr)
+    superseded.SeriesInstanceUID = generate_uid()
+    superseded.SOPInstanceUID = superseded.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    superseded.SeriesDate, superseded.SeriesTime = PRIOR_DATE, "120000"
+    superseded.SoftwareVersions = ["hippo-scp 0.0.9", "model superseded-weights"]
 
     stack = Stack.create(
         tmp_path_factory.mktemp("prior_query") / "run", routing="none", route_series=""
     )
     try:
         stack.start("--no-node", "--no-ohif", timeout=120)
-        for ds in (current_sr, prior_sr, *ignored, *other_patient):
+        for ds in (current_sr, prior_sr, superseded, *ignored, *other_patient):
             store(stack, ds)
         source = Destination(
             ae_title=stack.env.get("ORTHANC_AET", "ORTHANC"),
@@ -178,6 +186,7 @@ def test_finds_the_earlier_sr_and_ignores_the_rest(
     assert prior.anterior_mm3 == expected["Anterior hippocampus"]
     assert prior.posterior_mm3 == expected["Posterior hippocampus"]
     assert prior.total_mm3 == expected["Hippocampus"]
+    # the newest SR series of the study, not the superseded one (which is never read)
     assert prior.model_version == model_version_of(pacs.prior_sr) != ""
     assert prior.content_datetime == f"{pacs.prior_sr.ContentDate}{pacs.prior_sr.ContentTime}"
 
