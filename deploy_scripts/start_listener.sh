@@ -42,11 +42,13 @@ fi
 if [[ "${HIPPO_PRIORS:-on}" == on ]]; then
   config_args+=(--priors)
 fi
-# The outbox follows the run folder so that stacks in different run folders stay apart.
+# The outbox and the audit log follow the run folder so that stacks in different run folders
+# stay apart (`hippo-scp status --outbox ... --audit-log ...` reads them).
 start_service hippo-scp "$HIPPO_SCP" serve "${config_args[@]}" \
   --ae-title "$HIPPO_AET" --port "$HIPPO_PORT" \
   --destination "$ORTHANC_AET@$ORTHANC_HOST:$ORTHANC_DICOM_PORT" \
-  --settle "$HIPPO_SETTLE" --outbox "$HIPPO_RUN_DIR/outbox"
+  --settle "$HIPPO_SETTLE" --outbox "$HIPPO_RUN_DIR/outbox" \
+  --audit-log "$HIPPO_RUN_DIR/audit.jsonl"
 
 node_ready() {
   ensure_running hippo-scp

@@ -18,6 +18,7 @@ def build_serve_config(
     destinations: list[str] | None = None,
     settle: float | None = None,
     outbox: Path | None = None,
+    audit_log: Path | None = None,
     weights: Path | None = None,
     log_level: str | None = None,
     log_format: str | None = None,
@@ -40,6 +41,7 @@ def build_serve_config(
     put("node", "bind_address", bind)
     put("triggers", "settle_seconds", settle)
     put("outbox", "directory", str(outbox.resolve()) if outbox else None)
+    put("logging", "audit_log", str(audit_log.resolve()) if audit_log else None)
     put("model", "weights", str(weights.resolve()) if weights else None)
     put("logging", "level", log_level.upper() if log_level else None)
     put("logging", "format", log_format)
@@ -113,6 +115,9 @@ def register(app: typer.Typer) -> None:
         outbox: Path | None = typer.Option(
             None, "--outbox", help="Folder holding results until every destination has them."
         ),
+        audit_log: Path | None = typer.Option(
+            None, "--audit-log", help="Audit log file (JSON lines); overrides logging.audit_log."
+        ),
         weights: Path | None = typer.Option(
             None, "--weights", help="Model weights (.safetensors) to load instead of the shipped."
         ),
@@ -138,6 +143,7 @@ def register(app: typer.Typer) -> None:
                 destinations=destination,
                 settle=settle,
                 outbox=outbox,
+                audit_log=audit_log,
                 weights=weights,
                 log_level=log_level,
                 log_format=log_format,

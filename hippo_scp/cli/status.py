@@ -38,6 +38,7 @@ def register(app: typer.Typer) -> None:
             None, "--destination", help="As given to serve (AET@HOST:PORT, repeatable)."
         ),
         outbox: Path | None = typer.Option(None, "--outbox", help="As given to serve."),
+        audit_log: Path | None = typer.Option(None, "--audit-log", help="As given to serve."),
         host: str | None = typer.Option(
             None, "--host", help="Where to send the C-ECHO (default: the bind address)."
         ),
@@ -59,14 +60,16 @@ def register(app: typer.Typer) -> None:
         """Report whether the node answers, what waits in its outbox, and its audit counts.
 
         Give it the configuration file and the flags the node was started with (serve's
-        --ae-title, --port, --bind, --destination, --outbox). Exit code 0 when nothing needs
-        attention, 1 when something does, 2 for an invalid configuration. Reads only: the
-        outbox is listed, never changed.
+        --ae-title, --port, --bind, --destination, --outbox, --audit-log). Exit code 0 when
+        nothing needs attention, 1 when something does, 2 for an invalid configuration. Reads
+        only: the outbox is listed, never changed.
         """
         from hippo_scp.node_status import format_status, node_status
 
         try:
-            loaded = build_serve_config(config, ae_title, port, bind, destination, outbox=outbox)
+            loaded = build_serve_config(
+                config, ae_title, port, bind, destination, outbox=outbox, audit_log=audit_log
+            )
         except ConfigError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from None

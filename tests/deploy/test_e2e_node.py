@@ -242,4 +242,19 @@ def test_a_follow_up_is_compared_with_the_prior_result_in_the_pacs(
     assert compared[0].endswith("(+0.0 %)"), compared[0]
     delivered = [line for line in log.splitlines() if "results delivered" in line]
     assert len(delivered) == 2 and all(", priors " in line for line in delivered), delivered
+    # the audit log (in the stack's run folder) records both outcomes; status sums them
+    audit = [json.loads(line) for line in (stack.run_dir / "audit.jsonl").read_text().splitlines()]
+    priors = [r.get("prior") for r in audit if r["event"] == "series_analysis"]
+    assert priors == ["none", "compared"], priors
+    status = subprocess.run(
+        [
+            str(REPO / ".venv" / "bin" / "hippo-scp"), "status",
+            "--config", str(REPO / "ae_config.yaml"),
+            "--port", stack.env["HIPPO_PORT"], "--outbox", str(stack.run_dir / "outbox"),
+            "--audit-log", str(stack.run_dir / "audit.jsonl"),
+        ],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "prior comparisons: 1 compared, 1 without an earlier result, 0 failed" in status.stdout
     assert str(header.PatientID) not in log and str(header.PatientName) not in log
