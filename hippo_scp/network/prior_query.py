@@ -136,7 +136,7 @@ def prior_from_sr(sr: Dataset, study: StudyAnswer) -> PriorMeasurement:
     """The measurement one retrieved SR states; ``ValueError`` (without patient data) if the
     SR cannot be read or lacks one of the three volumes."""
     try:
-        volumes = read_volumes(sr)
+        volumes = read_volumes(sr, image_library=False)
     except Exception as error:  # highdicom raises several kinds on malformed content
         raise ValueError(f"not a readable TID 1500 SR ({type(error).__name__})") from error
     names = (ANTERIOR_STRUCTURE.name, POSTERIOR_STRUCTURE.name, WHOLE_STRUCTURE.name)

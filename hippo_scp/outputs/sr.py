@@ -196,17 +196,42 @@ def _insert_image_library(sr: hd.sr.Comprehensive3DSR, headers: Sequence[Dataset
     content.insert(measurements_at, library)
 
 
-def read_volumes(sr: Dataset) -> dict[str, float]:
+def read_volumes(sr: Dataset, *, image_library: bool = True) -> dict[str, float]:
     """Volumes (mm³) of a hippo-scp SR, keyed by tracking identifier, as a receiver reads them.
 
     ``{"Anterior hippocampus": ..., "Posterior hippocampus": ..., "Hippocampus": ...}``.
     Parsed by highdicom (TID 1500 measurement groups, ``Volume`` measurements), the way a
     downstream system would, so tests and the documentation examples check what was encoded
     rather than what the analysis meant to write. ``sr`` is not modified.
+
+    ``image_library=False`` leaves the TID 1600 Image Library (one entry per source slice) out
+    of the parse: the volumes do not depend on it and it is half of what highdicom reads
+    (~0.15 s of ~0.3 s), which the prior lookup pays on every follow-up examination.
     """
+    if not image_library:
+        sr = _without_image_library(sr)
     document = hd.sr.Comprehensive3DSR.from_dataset(sr, copy=True)
     volumes: dict[str, float] = {}
     for group in document.content.get_volumetric_roi_measurement_groups():
         for measurement in group.get_measurements(name=codes.SCT.Volume):
             volumes[str(group.tracking_identifier)] = float(measurement.value)
     return volumes
+
+
+def _without_image_library(sr: Dataset) -> Dataset:
+    """A new top-level dataset sharing ``sr``'s elements, without the Image Library item."""
+    trimmed = Dataset()
+    for element in sr:
+        if element.keyword != "ContentSequence":
+            trimmed.add(element)
+    if hasattr(sr, "file_meta"):
+        trimmed.file_meta = sr.file_meta
+    trimmed.ContentSequence = [
+        item
+        for item in sr.get("ContentSequence", [])
+        if not (
+            "ConceptNameCodeSequence" in item
+            and item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImageLibrary.value
+        )
+    ]
+    return trimmed

@@ -16,6 +16,7 @@ from pydicom.sr.codedict import codes
 from hippo_scp import MANUFACTURER, SOFTWARE_NAME
 from hippo_scp.assembly.selection import is_own_output
 from hippo_scp.outputs.identity import SR_SERIES_DESCRIPTION, model_version_of
+from hippo_scp.outputs.sr import read_volumes
 from tests.outputs.conftest import IDENTITY
 
 #: Fixed tracking UIDs, so two builds of one SR can be compared item by item.
@@ -265,3 +266,12 @@ def test_model_version_is_read_back_from_software_versions(built) -> None:
     assert model_version_of(ds) == ""
     ds.SoftwareVersions = "hippo-scp 0.1.0"
     assert model_version_of(ds) == ""
+
+
+def test_reading_without_the_image_library_gives_the_same_volumes(built) -> None:
+    """The prior lookup's faster reading: same volumes, the SR itself untouched."""
+    before = len(built.sr.ContentSequence)
+    assert read_volumes(built.sr, image_library=False) == read_volumes(built.sr)
+    assert len(built.sr.ContentSequence) == before
+    meanings = [item.ConceptNameCodeSequence[0].CodeMeaning for item in built.sr.ContentSequence]
+    assert "Image Library" in meanings  # there was something to leave out
