@@ -399,6 +399,46 @@ def inference_grids(data: dict) -> list[str]:
     return lines
 
 
+def prior_lookup(data: dict) -> list[str]:
+    lines = _header(data, "Prior lookup before the report (benchmarks/bench_prior_lookup.py)")
+    lines += [
+        f"`SeriesAnalyzer.analyze` of {data.get('series')} in one process, "
+        f"{data.get('threads')} threads, weights: {data.get('weights')}; PACS: "
+        f"{data.get('pacs')}; {data.get('reps')} interleaved rounds after one warm-up of each "
+        "condition.",
+        "",
+        "| condition | lookup | SR series read | n | analyze ms, median (min-max) "
+        "| priors stage ms, median (min-max) | / baseline |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    descriptions = data.get("condition_descriptions", {})
+    conditions = data.get("conditions", {})
+    for name, cond in conditions.items():
+        total, priors = cond["analyze_ms"], cond["priors_ms"]
+        read = ", ".join(str(n) for n in cond.get("srs_read", [])) or "-"
+        priors_cell = (
+            f"{_s(priors['median'], 0)} ({_s(priors['min'], 0)}-{_s(priors['max'], 0)})"
+            if priors.get("n")
+            else "-"
+        )
+        lines.append(
+            f"| {descriptions.get(name, name)} | {', '.join(cond.get('status', []))} | {read} "
+            f"| {total['n']} | {_s(total['median'], 0)} ({_s(total['min'], 0)}-"
+            f"{_s(total['max'], 0)}) | {priors_cell} | {_x(cond.get('ratio_vs_baseline'))} |"
+        )
+    found = conditions.get("found", {})
+    lines += [
+        "",
+        f"Ratios of the median analyze time to the baseline: no earlier result "
+        f"{_x(data.get('ratio_none_vs_baseline'))}, one earlier SR "
+        f"{_x(data.get('ratio_found_vs_baseline'))} (comparison made: "
+        f"{found.get('compared')}, {found.get('interval_days')} days, total change "
+        f"{_s(found.get('change_total_pct'), 1)} %); earlier study analysed 3 times / once: "
+        f"{_s(data.get('ratio_found_3_series_vs_found'), 2)}.",
+    ]
+    return lines
+
+
 def machine(results: Path) -> list[str]:
     for name in ("ingest", "end_to_end", "memory", "throughput", "node_tuning"):
         data = _load(results, name)
@@ -426,6 +466,7 @@ def render(results: Path) -> str:
         ("inference", inference),
         ("inference_backends", inference_backends),
         ("inference_grids", inference_grids),
+        ("prior_lookup", prior_lookup),
         ("memory", memory),
         ("throughput", throughput),
         ("node_tuning", tuning),

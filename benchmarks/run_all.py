@@ -53,6 +53,7 @@ STEPS: dict[str, tuple[str, list[str], list[str], int, int]] = {
     "inference": ("bench_inference.py", [], [], 1200, 300),
     "memory": ("bench_memory.py", [], [], 900, 400),
     "inference_grids": ("bench_inference_grids.py", [], [], 1800, 300),
+    "prior_lookup": ("bench_prior_lookup.py", [], [], 900, 300),
     "throughput": ("bench_throughput.py", [], [], 2400, 600),
     "node_tuning": ("bench_node_tuning.py", [], [], 1800, 400),
     "inference_backends": ("bench_inference_backends.py", [], [], 2400, 900),
