@@ -180,8 +180,7 @@ class AnalysisResult:
             return None
         if self.prior_comparison is not None:
             return {"status": "compared", **self.prior_comparison.to_json_dict()}
-        status = "none" if self.prior_lookup.status == "found" else self.prior_lookup.status
-        return {"status": status, "reason": self.prior_lookup.reason}
+        return {"status": self.prior_lookup.status, "reason": self.prior_lookup.reason}
 
 
 def _frames_in_source_order(volume: SeriesVolume, frames: np.ndarray) -> np.ndarray:
@@ -264,13 +263,21 @@ class SeriesAnalyzer:
         if prior_source is None:
             return None, None
         lookup = prior_source.lookup(first)
+        current_date = parse_dicom_date(first.get("StudyDate"))
         comparison = compare_with_prior(
             volumes,
             current_study_uid=str(first.get("StudyInstanceUID", "")),
-            current_date=parse_dicom_date(first.get("StudyDate")),
+            current_date=current_date,
             current_model_version=self._identity.model_version,
             lookup=lookup,
         )
+        if lookup.status == "found" and comparison is None:
+            # Results exist, but none is of an examination before this one: say which.
+            lookup = (
+                PriorLookup("unavailable", reason="the study has no StudyDate")
+                if current_date is None
+                else PriorLookup("none", reason="results only of later examinations")
+            )
         return lookup, comparison
 
     def _analyze(

@@ -236,3 +236,25 @@ def test_an_implausible_change_is_a_qc_flag(case):
         small, prior_source=StandInPriors(PriorLookup("found", (earlier,)))
     )
     assert any("-50 %" in flag and "same hippocampus" in flag for flag in out.qc_flags)
+
+
+def test_results_of_no_earlier_examination_are_said_so(case):
+    image, label, _ = case
+    small = series_from_volume(image[:, :, 10:20])
+    analyzer = SeriesAnalyzer(LabelSegmenter(label[:, :, 10:20]))
+    first = analyzer.analyze(small)
+    later = _prior_from(first, "1.2.826.0.1.3680043.8.498.3", datetime.date(2030, 1, 1))
+    source = StandInPriors(PriorLookup("found", (later,)))
+    out = analyzer.analyze(small, prior_source=source)
+    assert out.prior_comparison is None
+    assert out.to_json_dict()["prior_comparison"] == {
+        "status": "none",
+        "reason": "results only of later examinations",
+    }
+    undated = [ds.copy() for ds in small]
+    for ds in undated:
+        del ds.StudyDate
+    out = analyzer.analyze(undated, prior_source=source)
+    assert out.prior_comparison is None
+    assert out.to_json_dict()["prior_comparison"]["status"] == "unavailable"
+    assert "no StudyDate" in out.to_json_dict()["prior_comparison"]["reason"]
