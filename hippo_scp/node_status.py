@@ -356,8 +356,8 @@ def format_status(status: NodeStatus) -> str:
             failure = f" (last: {audit.last_prior_failure})" if audit.last_prior_failure else ""
             out.append(
                 f"  prior comparisons: {p['compared']} compared, {p['none']} without an "
-                f"earlier result, {p['failed']} failed{failure}, {p['unavailable']} without "
-                "a PatientID"
+                f"earlier result, {p['failed']} failed{failure}, {p['unavailable']} not "
+                "possible (no PatientID or StudyDate)"
             )
         top = audit.results_sent.most_common(MAX_LISTED_DESTINATIONS)
         sent = ", ".join(f"{d}: {n}" for d, n in top) or "none"

@@ -145,7 +145,8 @@ def test_audit_summary_counts_the_window_and_skips_garbage(tmp_path) -> None:
     assert "B@h:2 failing since" in report
     assert (
         "prior comparisons: 1 compared, 0 without an earlier result, 1 failed "
-        "(last: ORTHANC@h:1: Study Root C-GET not accepted), 0 without a PatientID"
+        "(last: ORTHANC@h:1: Study Root C-GET not accepted), "
+        "0 not possible (no PatientID or StudyDate)"
     ) in report
     assert summary.last_started is not None and summary.unreadable_lines == 1
     assert (
