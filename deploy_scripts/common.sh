@@ -25,6 +25,9 @@
 #   HIPPO_HOST           address Orthanc uses to reach the node (127.0.0.1)
 #   HIPPO_PORT           the node's DICOM port (11112)
 #   HIPPO_SETTLE         the node's --settle seconds (3)
+#   HIPPO_PRIORS         on: the node compares with earlier results it asks Orthanc for
+#                        (serve --priors; Orthanc grants it C-FIND / C-GET); off: the
+#                        config's priors.enabled decides (on)
 #   HIPPO_CONFIG         the node's ae_config.yaml (<repo>/ae_config.yaml when present)
 #   HIPPO_WEIGHTS        model weights to use instead of the configured ones (optional)
 #   SCANNER_AET          calling AE title of send_volume.sh, registered in Orthanc (SCANNER)
@@ -52,6 +55,7 @@ export DEPLOY_DIR REPO_ROOT
 : "${HIPPO_HOST:=127.0.0.1}"
 : "${HIPPO_PORT:=11112}"
 : "${HIPPO_SETTLE:=3}"
+: "${HIPPO_PRIORS:=on}"
 : "${HIPPO_CONFIG:=$REPO_ROOT/ae_config.yaml}"
 : "${SCANNER_AET:=SCANNER}"
 : "${OHIF_PORT:=3000}"
@@ -64,7 +68,7 @@ mkdir -p "$HIPPO_RUN_DIR"
 HIPPO_RUN_DIR="$(cd "$HIPPO_RUN_DIR" && pwd)"
 export HIPPO_RUN_DIR ORTHANC_AET ORTHANC_HOST ORTHANC_DICOM_PORT ORTHANC_HTTP_PORT \
   ORTHANC_STABLE_AGE ORTHANC_ROUTING ORTHANC_ASSOCIATION_CLOSE_DELAY ORTHANC_STORAGE_DIR ORTHANC_BIN ORTHANC_PLUGIN_DIR \
-  HIPPO_ROUTE_SERIES HIPPO_AET HIPPO_HOST HIPPO_PORT HIPPO_SETTLE HIPPO_CONFIG SCANNER_AET OHIF_PORT OHIF_BIND \
+  HIPPO_ROUTE_SERIES HIPPO_AET HIPPO_HOST HIPPO_PORT HIPPO_SETTLE HIPPO_PRIORS HIPPO_CONFIG SCANNER_AET OHIF_PORT OHIF_BIND \
   OHIF_DIST READY_TIMEOUT VENV
 
 ORTHANC_URL="http://127.0.0.1:${ORTHANC_HTTP_PORT}"

@@ -39,7 +39,7 @@ if [[ "$ORTHANC_ROUTING" == series ]]; then
 fi
 # The demo's Orthanc grants the node C-FIND / C-GET (orthanc.json.template), so the report
 # compares with the patient's earlier results; HIPPO_PRIORS=off leaves the config's setting.
-if [[ "${HIPPO_PRIORS:-on}" == on ]]; then
+if [[ "$HIPPO_PRIORS" == on ]]; then
   config_args+=(--priors)
 fi
 # The outbox and the audit log follow the run folder so that stacks in different run folders
