@@ -29,7 +29,6 @@ and the ratios of the median analyze times to the baseline's.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import io
 import logging
@@ -54,7 +53,7 @@ from benchmarks.common import (
     work_dir,
     write_result,
 )
-from benchmarks.study_factory import source_study
+from benchmarks.study_factory import as_new_study, source_study
 
 CROP_FOLDER = "13_HCropVolume"
 #: the AE title orthanc.json.template grants C-FIND / C-GET to (the node's)
@@ -108,24 +107,6 @@ def year_before(dicom_date: str) -> str:
     return earlier.strftime("%Y%m%d")
 
 
-def relabelled(datasets: list, **attributes: str) -> list:
-    """Copies of ``datasets`` as one new study and series, with ``attributes`` set."""
-    from pydicom.uid import generate_uid
-
-    study_uid, series_uid = generate_uid(), generate_uid()
-    copies = []
-    for ds in datasets:
-        twin = copy.deepcopy(ds)
-        twin.StudyInstanceUID = study_uid
-        twin.SeriesInstanceUID = series_uid
-        twin.SOPInstanceUID = generate_uid()
-        twin.file_meta.MediaStorageSOPInstanceUID = twin.SOPInstanceUID
-        for keyword, value in attributes.items():
-            setattr(twin, keyword, value)
-        copies.append(twin)
-    return copies
-
-
 def store(orthanc: P.Orthanc, ds) -> None:
     """One instance into Orthanc through its REST API (``POST /instances``)."""
     buffer = io.BytesIO()
@@ -143,14 +124,14 @@ def fill_pacs(orthanc: P.Orthanc, analyzer, series: list) -> dict[str, list]:
     prior_date = year_before(str(series[0].StudyDate))
     current = {
         "baseline": series,
-        "none": relabelled(series, PatientID=PATIENT_IDS["none"]),
+        "none": as_new_study(series, PatientID=PATIENT_IDS["none"]),
         "found": series,
-        "found_3_series": relabelled(series, PatientID=PATIENT_IDS["found_3_series"]),
+        "found_3_series": as_new_study(series, PatientID=PATIENT_IDS["found_3_series"]),
     }
     analyses = {"none": 0, "found": 1, "found_3_series": 3}
     for name, count in analyses.items():
         patient = str(current[name][0].PatientID)
-        earlier = relabelled(series, StudyDate=prior_date, PatientID=patient)
+        earlier = as_new_study(series, StudyDate=prior_date, PatientID=patient)
         store(orthanc, current[name][0])
         store(orthanc, earlier[0])
         for _ in range(count):  # each analysis: a new SR series, SeriesDate/Time = now

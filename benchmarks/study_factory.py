@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable
+from copy import deepcopy
 from pathlib import Path
 
 import pydicom
@@ -30,6 +31,25 @@ DATA = REPO.parent / "shared" / "data" / "TestVolumes"
 MANIFEST = "manifest.json"
 #: bump when the generated layout changes, so cached studies are regenerated
 LAYOUT_VERSION = 1
+
+
+def as_new_study(datasets: Iterable[pydicom.Dataset], **attributes: str) -> list[pydicom.Dataset]:
+    """Copies of ``datasets`` as one new study and series (new Study / Series / SOP Instance
+    UIDs), with ``attributes`` set on every copy -- e.g. ``StudyDate`` for a follow-up
+    examination or ``PatientID`` for another patient. The originals are not modified."""
+    study_uid, series_uid = generate_uid(), generate_uid()
+    copies = []
+    for ds in datasets:
+        twin = deepcopy(ds)
+        twin.StudyInstanceUID = study_uid
+        twin.SeriesInstanceUID = series_uid
+        twin.SOPInstanceUID = generate_uid()
+        if hasattr(twin, "file_meta"):
+            twin.file_meta.MediaStorageSOPInstanceUID = twin.SOPInstanceUID
+        for keyword, value in attributes.items():
+            setattr(twin, keyword, value)
+        copies.append(twin)
+    return copies
 
 
 def cache_root() -> Path:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+
+from benchmarks.study_factory import as_new_study
 
 from .conftest import (
     REPO,
@@ -199,16 +200,15 @@ def test_demo_script_end_to_end(tmp_path: Path):
 
 
 def _follow_up_of(series: Path, out: Path, years: int) -> None:
-    """The HippoCrop series of ``series`` as a later examination of the same patient: new
-    study / series / instance UIDs, StudyDate ``years`` later."""
+    """The HippoCrop series of ``series`` as the same patient's examination ``years`` later."""
     out.mkdir(parents=True)
-    study_uid, series_uid = generate_uid(), generate_uid()
-    for path in sorted(series.glob("*.dcm")):
-        ds = pydicom.dcmread(path)
-        date = str(ds.StudyDate)
-        ds.StudyDate = ds.SeriesDate = f"{int(date[:4]) + years:04d}{date[4:]}"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    files = sorted(series.glob("*.dcm"))
+    datasets = [pydicom.dcmread(path) for path in files]
+    date = str(datasets[0].StudyDate)
+    later = f"{int(date[:4]) + years:04d}{date[4:]}"
+    for path, ds in zip(
+        files, as_new_study(datasets, StudyDate=later, SeriesDate=later), strict=True
+    ):
         ds.save_as(out / path.name)
 
 

@@ -30,6 +30,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from benchmarks.study_factory import as_new_study
 from hippo_scp.config import Destination
 from hippo_scp.network.prior_query import (
     NO_PATIENT_ID,
@@ -81,23 +82,6 @@ class FakeClock:
         return self.now
 
 
-def relabelled(datasets: list[Dataset], *, study_date: str, **attributes: str) -> list[Dataset]:
-    """Copies of ``datasets`` as a new study + series taken on ``study_date``."""
-    study_uid, series_uid = generate_uid(), generate_uid()
-    copies = []
-    for ds in datasets:
-        twin = copy.deepcopy(ds)
-        twin.StudyInstanceUID = study_uid
-        twin.SeriesInstanceUID = series_uid
-        twin.SOPInstanceUID = generate_uid()
-        twin.file_meta.MediaStorageSOPInstanceUID = twin.SOPInstanceUID
-        twin.StudyDate = study_date
-        for keyword, value in attributes.items():
-            setattr(twin, keyword, value)
-        copies.append(twin)
-    return copies
-
-
 def without_whole_volume(sr: Dataset) -> Dataset:
     """``sr`` with its last measurement group (the whole hippocampus) removed."""
     broken = copy.deepcopy(sr)
@@ -129,13 +113,13 @@ def pacs(
     series = [pydicom.dcmread(p) for p in sorted((data_dir / CROP_FOLDER).glob("*.dcm"))]
     analyzer = SeriesAnalyzer(Segmenter(weights_path=network_weights, num_threads=1))
     current_sr = analyzer.analyze(series).sr
-    prior_sr = analyzer.analyze(relabelled(series, study_date=PRIOR_DATE)).sr
+    prior_sr = analyzer.analyze(as_new_study(series, StudyDate=PRIOR_DATE)).sr
     ignored = [
-        *relabelled([prior_sr], study_date=OLDER_DATE, SeriesDescription="Other vendor SR"),
-        *relabelled([prior_sr], study_date=LATER_DATE),
-        *relabelled([without_whole_volume(prior_sr)], study_date=UNREADABLE_DATE),
+        *as_new_study([prior_sr], StudyDate=OLDER_DATE, SeriesDescription="Other vendor SR"),
+        *as_new_study([prior_sr], StudyDate=LATER_DATE),
+        *as_new_study([without_whole_volume(prior_sr)], StudyDate=UNREADABLE_DATE),
     ]
-    other_patient = relabelled(series[:1], study_date=PRIOR_DATE, PatientID=OTHER_PATIENT_ID)
+    other_patient = as_new_study(series[:1], StudyDate=PRIOR_DATE, PatientID=OTHER_PATIENT_ID)
     # the prior study analysed once before, by other weights: an older SR series of the study
     superseded = copy.deepcopy(prior_sr)
     superseded.SeriesInstanceUID = generate_uid()
@@ -155,7 +139,7 @@ def pacs(
             host="127.0.0.1",
             port=int(stack.env["ORTHANC_DICOM_PORT"]),
         )
-        later_header = relabelled(other_patient, study_date=LATER_DATE)[0]
+        later_header = as_new_study(other_patient, StudyDate=LATER_DATE)[0]
         yield PacsWithResults(
             stack=stack,
             source=source,
