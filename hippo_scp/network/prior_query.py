@@ -83,6 +83,8 @@ DEADLINE_FACTOR = 3.0
 MAX_PDU_BYTES = 131072
 #: The reason of an ``unavailable`` lookup.
 NO_PATIENT_ID = "the series has no PatientID"
+#: ... and when nothing could be called earlier than the analysed study.
+NO_STUDY_DATE = "the study has no StudyDate"
 
 _SUCCESS = 0x0000
 _PENDING = frozenset({0xFF00, 0xFF01})
@@ -377,6 +379,9 @@ class PriorResultsQuery:
         if not patient_id:
             LOGGER.info("prior lookup skipped: %s", NO_PATIENT_ID)
             return PriorLookup("unavailable", reason=NO_PATIENT_ID)
+        if parse_dicom_date(current.get("StudyDate")) is None:
+            LOGGER.info("prior lookup skipped: %s", NO_STUDY_DATE)
+            return PriorLookup("unavailable", reason=NO_STUDY_DATE)
         if self._source.tls and self._tls_context is None:
             # A configuration error, not an outage: said every time, no window.
             reason = f"{self._source}: needs TLS but no tls section is configured"
@@ -554,6 +559,7 @@ class PriorResultsQuery:
 __all__ = [
     "DEADLINE_FACTOR",
     "NO_PATIENT_ID",
+    "NO_STUDY_DATE",
     "PriorResultsQuery",
     "QueryFailed",
     "StudyAnswer",

@@ -276,7 +276,7 @@ class SeriesAnalyzer:
             lookup = (
                 PriorLookup("unavailable", reason="the study has no StudyDate")
                 if current_date is None
-                else PriorLookup("none", reason="results only of later examinations")
+                else PriorLookup("none", reason="no result of a dated earlier examination")
             )
         return lookup, comparison
 

@@ -34,6 +34,7 @@ from benchmarks.study_factory import as_new_study
 from hippo_scp.config import Destination
 from hippo_scp.network.prior_query import (
     NO_PATIENT_ID,
+    NO_STUDY_DATE,
     PriorResultsQuery,
     StudyAnswer,
     earlier_studies,
@@ -209,6 +210,16 @@ def test_series_without_patient_id_is_unavailable(
         header.PatientID = patient_id
     lookup = pacs.query().lookup(header)
     assert (lookup.status, lookup.reason) == ("unavailable", NO_PATIENT_ID)
+
+
+def test_series_without_study_date_is_unavailable_without_asking() -> None:
+    """Nothing can be called earlier than an undated study: the PACS is not even asked (the
+    source here is a closed port, which would fail if it were)."""
+    header = Dataset()
+    header.PatientID, header.StudyInstanceUID, header.StudyDate = "P-1", "1.2.3", ""
+    unreachable = Destination(ae_title="NOBODY", host="127.0.0.1", port=free_port())
+    lookup = PriorResultsQuery(unreachable, calling_ae_title="HIPPOAI").lookup(header)
+    assert (lookup.status, lookup.reason) == ("unavailable", NO_STUDY_DATE)
 
 
 def test_calling_ae_unknown_to_orthanc_fails(pacs: PacsWithResults) -> None:

@@ -249,7 +249,7 @@ def test_results_of_no_earlier_examination_are_said_so(case):
     assert out.prior_comparison is None
     assert out.to_json_dict()["prior_comparison"] == {
         "status": "none",
-        "reason": "results only of later examinations",
+        "reason": "no result of a dated earlier examination",
     }
     undated = [ds.copy() for ds in small]
     for ds in undated:
