@@ -595,6 +595,7 @@ def start_orthanc(
         "HIPPO_PORT": str(node_port),
         "SCANNER_AET": SCANNER_AET,
         "ORTHANC_STABLE_AGE": str(stable_age),
+        "ORTHANC_ALLOW_MOVE": "false",
         "ORTHANC_ASSOCIATION_CLOSE_DELAY": str(association_close_delay),
         "HIPPO_ROUTE_SERIES_JSON": json.dumps(route_series or []),
     }

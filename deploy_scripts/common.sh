@@ -10,6 +10,7 @@
 #   ORTHANC_DICOM_PORT   Orthanc's DICOM port (4242)
 #   ORTHANC_HTTP_PORT    Orthanc's HTTP port, REST + DICOMweb at /dicom-web (8042)
 #   ORTHANC_STABLE_AGE   seconds without new instance before a series is "stable" (2)
+#   ORTHANC_ALLOW_MOVE   true: the node may also C-MOVE (priors.retrieve: move) (false)
 #   ORTHANC_ROUTING      instance (route_dicoms_per_instance.lua: each image forwarded as it is
 #                        stored), series (route_dicoms.lua: each series once Orthanc finds it
 #                        stable) or none (no routing script) (instance; docs/operations.md)
@@ -45,6 +46,7 @@ export DEPLOY_DIR REPO_ROOT
 : "${ORTHANC_DICOM_PORT:=4242}"
 : "${ORTHANC_HTTP_PORT:=8042}"
 : "${ORTHANC_STABLE_AGE:=2}"
+: "${ORTHANC_ALLOW_MOVE:=false}"
 : "${ORTHANC_ROUTING:=instance}"
 : "${ORTHANC_ASSOCIATION_CLOSE_DELAY:=1}"
 : "${ORTHANC_STORAGE_DIR:=$HIPPO_RUN_DIR/orthanc-storage}"
@@ -67,7 +69,7 @@ export DEPLOY_DIR REPO_ROOT
 mkdir -p "$HIPPO_RUN_DIR"
 HIPPO_RUN_DIR="$(cd "$HIPPO_RUN_DIR" && pwd)"
 export HIPPO_RUN_DIR ORTHANC_AET ORTHANC_HOST ORTHANC_DICOM_PORT ORTHANC_HTTP_PORT \
-  ORTHANC_STABLE_AGE ORTHANC_ROUTING ORTHANC_ASSOCIATION_CLOSE_DELAY ORTHANC_STORAGE_DIR ORTHANC_BIN ORTHANC_PLUGIN_DIR \
+  ORTHANC_STABLE_AGE ORTHANC_ALLOW_MOVE ORTHANC_ROUTING ORTHANC_ASSOCIATION_CLOSE_DELAY ORTHANC_STORAGE_DIR ORTHANC_BIN ORTHANC_PLUGIN_DIR \
   HIPPO_ROUTE_SERIES HIPPO_AET HIPPO_HOST HIPPO_PORT HIPPO_SETTLE HIPPO_PRIORS HIPPO_CONFIG SCANNER_AET OHIF_PORT OHIF_BIND \
   OHIF_DIST READY_TIMEOUT VENV
 

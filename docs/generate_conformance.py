@@ -142,7 +142,12 @@ def block_overview() -> str:
             ("Verification", "Verification", "No", "Yes"),
             ("Storage", f"{storage} storage SOP classes (Table 4.2-3)", "No", "Yes"),
             ("Storage", ", ".join(name for name, *_ in RESULT_OBJECTS), "Yes", "No"),
-            ("Query/Retrieve", "Study Root Q/R - FIND, Study Root Q/R - GET", "Yes", "No"),
+            (
+                "Query/Retrieve",
+                "Study Root Q/R - FIND, GET (or MOVE: priors.retrieve)",
+                "Yes",
+                "No",
+            ),
             ("Storage (C-GET sub-operations)", "Comprehensive 3D SR", "No", "Yes"),
         ],
     )

@@ -238,6 +238,11 @@ class PriorsSection(_Strict):
     source: Destination | None = Field(
         None, description="the PACS to ask; null = the first entry of destinations"
     )
+    retrieve: Literal["get", "move"] = Field(
+        "get",
+        description="get: C-GET on the query association; move: C-MOVE to this node's own AE "
+        "title (for a PACS without C-GET; it must know the node as a move destination)",
+    )
     timeout_s: float = Field(
         10.0, gt=0, description="per network step; the whole lookup is bounded by 3x this"
     )

@@ -40,8 +40,9 @@ from hippo_scp.assembly.spool import Spool
 from hippo_scp.config import NodeConfig
 from hippo_scp.logging_setup import audit_event, configure_logging
 from hippo_scp.network.outbox import EncodedObjects, Outbox
-from hippo_scp.network.prior_query import PriorResultsQuery
+from hippo_scp.network.prior_query import MoveToNode, PriorResultsQuery
 from hippo_scp.network.receiver import StorageReceiver
+from hippo_scp.network.retrieval_inbox import RetrievalInbox
 from hippo_scp.network.sender import ResultSender, SenderSettings
 from hippo_scp.network.tls import client_context, server_context
 from hippo_scp.pipeline.prior_comparison import PriorComparisonSettings
@@ -79,7 +80,7 @@ def make_decide(config: NodeConfig) -> DecideFn:
     return decide
 
 
-def load_analyzer(config: NodeConfig) -> AnalyzeFn:
+def load_analyzer(config: NodeConfig, inbox: RetrievalInbox | None = None) -> AnalyzeFn:
     """Load the model once and return the real analysis function (raises StartupError)."""
     weights = Path(config.model.weights)
     if not weights.is_file():
@@ -103,31 +104,53 @@ def load_analyzer(config: NodeConfig) -> AnalyzeFn:
         # before the node listens: the first patient's series does not pay for lazy loading
         # (and asks no PACS for priors: the prior source is only bound below)
         warm_up(analyzer.analyze, EncodedObjects.of)
-    prior_source = build_prior_source(config)
+    prior_source = build_prior_source(config, inbox)
     if prior_source is None:
         return analyzer.analyze
     return functools.partial(analyzer.analyze, prior_source=prior_source)
 
 
-def build_prior_source(config: NodeConfig) -> PriorResultsQuery | None:
-    """The PACS query for earlier results, when ``priors.enabled`` (raises StartupError)."""
+def build_prior_source(
+    config: NodeConfig, inbox: RetrievalInbox | None = None
+) -> PriorResultsQuery | None:
+    """The PACS query for earlier results, when ``priors.enabled`` (raises StartupError).
+
+    ``inbox``: where the node's receiver puts what a C-MOVE brings back (``priors.retrieve:
+    move``; see :func:`retrieval_inbox_for`)."""
     source = config.prior_source
     if source is None:
         return None
+    move = None
+    if config.priors.retrieve == "move":
+        if inbox is None:
+            raise StartupError("priors.retrieve: move needs the node's receiver (an inbox)")
+        move = MoveToNode(config.node.ae_title, inbox)
     tls_context = None
     if source.tls:
         try:
             tls_context = client_context(config.tls)
         except (OSError, ValueError) as error:
             raise StartupError(f"tls: cannot load certificates: {error}") from None
-    LOGGER.info("prior comparison on: earlier results are asked from %s (C-FIND / C-GET)", source)
+    LOGGER.info(
+        "prior comparison on: earlier results are asked from %s (C-FIND / C-%s)",
+        source,
+        config.priors.retrieve.upper(),
+    )
     return PriorResultsQuery(
         source,
         calling_ae_title=config.node.ae_title,
         timeout_s=config.priors.timeout_s,
         tls_context=tls_context,
         retry_after_s=config.priors.retry_after_s,
+        move=move,
     )
+
+
+def retrieval_inbox_for(config: NodeConfig) -> RetrievalInbox | None:
+    """The inbox shared by the receiver and the prior lookup when it retrieves by C-MOVE."""
+    if config.prior_source is not None and config.priors.retrieve == "move":
+        return RetrievalInbox()
+    return None
 
 
 def _tls_or_fail(config: NodeConfig, *, client: bool) -> ssl.SSLContext | None:
@@ -150,7 +173,9 @@ class NodeAddress:
 class Node:
     """All long-lived parts of the node; ``start()`` then ``stop()``."""
 
-    def __init__(self, config: NodeConfig, analyze: AnalyzeFn) -> None:
+    def __init__(
+        self, config: NodeConfig, analyze: AnalyzeFn, inbox: RetrievalInbox | None = None
+    ) -> None:
         self.config = config
         self.store = SeriesStore(StoreSettings.from_config(config), make_decide(config))
         self.spool = (
@@ -182,7 +207,7 @@ class Node:
             spool=self.spool,
         )
         _tls_or_fail(config, client=False)  # fail fast; the receiver builds its own
-        self.receiver = StorageReceiver(config, self.store, spool=self.spool)
+        self.receiver = StorageReceiver(config, self.store, spool=self.spool, inbox=inbox)
         self.address: NodeAddress | None = None
 
     def start(self) -> NodeAddress:
@@ -318,8 +343,9 @@ def run_node(
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
     try:
-        analyze_fn = analyze if analyze is not None else load_analyzer(config)
-        node = Node(config, analyze_fn)
+        inbox = retrieval_inbox_for(config)
+        analyze_fn = analyze if analyze is not None else load_analyzer(config, inbox)
+        node = Node(config, analyze_fn, inbox)
         address = node.start()
     except StartupError as error:
         LOGGER.error("%s", error)
@@ -355,5 +381,6 @@ __all__ = [
     "build_prior_source",
     "load_analyzer",
     "make_decide",
+    "retrieval_inbox_for",
     "run_node",
 ]

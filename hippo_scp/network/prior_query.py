@@ -19,7 +19,10 @@ So the node asks the PACS for them, on one association, in three steps:
    a move destination (AE title, host, port) for the node; C-GET needs only the association
    the node opened, so a node behind a firewall or NAT and a PACS administrator who only
    registered the node as a query client both work. The SRs are small (tens of kB), so
-   C-GET's lack of parallelism costs nothing.
+   C-GET's lack of parallelism costs nothing. For a PACS without C-GET, ``priors.retrieve:
+   move`` (:class:`MoveToNode`) asks for a C-MOVE to the node's own AE title instead: the PACS
+   knows it already (it routes images there), and the node's receiver hands what arrives to
+   the lookup (:mod:`hippo_scp.network.retrieval_inbox`).
 
 Each SR is read the way a downstream system would (:func:`hippo_scp.outputs.sr.read_volumes`)
 into a :class:`~hippo_scp.pipeline.prior_comparison.PriorMeasurement`.
@@ -55,6 +58,7 @@ from pynetdicom.sop_class import (
     Comprehensive3DSRStorage,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
 )
 
 from hippo_scp.config import Destination
@@ -62,6 +66,7 @@ from hippo_scp.logging_setup import PATIENT_GUARD
 from hippo_scp.network.event_reactor import install_event_driven_reactors
 from hippo_scp.network.presentation import UNCOMPRESSED_TRANSFER_SYNTAXES
 from hippo_scp.network.response_guard import keep_responses_for_caller
+from hippo_scp.network.retrieval_inbox import RetrievalInbox
 from hippo_scp.network.socket_tuning import disable_nagle
 from hippo_scp.outputs.identity import (
     ANTERIOR_STRUCTURE,
@@ -88,8 +93,9 @@ NO_STUDY_DATE = "the study has no StudyDate"
 
 _SUCCESS = 0x0000
 _PENDING = frozenset({0xFF00, 0xFF01})
-#: C-GET Warning: sub-operations completed with one or more failures. What arrived is usable.
-_GET_WARNING = 0xB000
+#: C-GET / C-MOVE Warning: sub-operations completed with one or more failures. What arrived is
+#: usable.
+_RETRIEVE_WARNING = 0xB000
 
 
 class QueryFailed(Exception):
@@ -199,13 +205,31 @@ class Deadline:
             raise QueryFailed(f"no complete answer within {self.limit_s:.0f} s")
 
 
-class QuerySession:
-    """The C-FIND and C-GET requests of one lookup, on one established association."""
+@dataclass(frozen=True)
+class MoveToNode:
+    """Retrieve by C-MOVE instead of C-GET (``priors.retrieve: move``), for a PACS that offers
+    no C-GET: the PACS sends the SRs to ``destination_ae_title`` -- the node's own Storage
+    SCP, which the PACS knows already because it routes images there -- and the receiver hands
+    them to ``inbox`` instead of the series store."""
 
-    def __init__(self, assoc: Association, retrieved: RetrievedInstances, timeout_s: float) -> None:
+    destination_ae_title: str
+    inbox: RetrievalInbox
+
+
+class QuerySession:
+    """The C-FIND and C-GET (or C-MOVE) requests of one lookup, on one association."""
+
+    def __init__(
+        self,
+        assoc: Association,
+        retrieved: RetrievedInstances,
+        timeout_s: float,
+        move: MoveToNode | None = None,
+    ) -> None:
         self._assoc = assoc
         self._retrieved = retrieved
         self._timeout_s = timeout_s
+        self._move = move
         self._message_id = 0
 
     def _next_message_id(self) -> int:
@@ -231,6 +255,10 @@ class QuerySession:
         accepted = {str(cx.abstract_syntax): cx for cx in self._assoc.accepted_contexts}
         if str(StudyRootQueryRetrieveInformationModelFind) not in accepted:
             raise QueryFailed("Study Root C-FIND not accepted (allow queries from the node)")
+        if self._move is not None:
+            if str(StudyRootQueryRetrieveInformationModelMove) not in accepted:
+                raise QueryFailed("Study Root C-MOVE not accepted (allow retrieval by the node)")
+            return
         if str(StudyRootQueryRetrieveInformationModelGet) not in accepted:
             raise QueryFailed("Study Root C-GET not accepted (allow retrieval by the node)")
         store = accepted.get(str(Comprehensive3DSRStorage))
@@ -303,31 +331,46 @@ class QuerySession:
         return [uid for _, uid in sorted(series, reverse=True)]
 
     def retrieve(self, study: StudyAnswer, series_uid: str) -> list[Dataset]:
-        """C-GET one series; the instances the PACS sent back on this association."""
+        """C-GET (or C-MOVE to the node) one series; the instances that came back."""
         self._ensure_established()
         query = Dataset()
         query.QueryRetrieveLevel = "SERIES"
         query.StudyInstanceUID = study.study_instance_uid
         query.SeriesInstanceUID = series_uid
-        self._retrieved.take()  # nothing unasked-for is attributed to this series
+        if self._move is None:
+            self._retrieved.take()  # nothing unasked-for is attributed to this series
+            get = self._assoc.send_c_get(
+                query, StudyRootQueryRetrieveInformationModelGet, msg_id=self._next_message_id()
+            )
+            self._await_retrieval("C-GET", get)
+            return self._retrieved.take()
+        with self._move.inbox.expecting(series_uid) as received:
+            move = self._assoc.send_c_move(
+                query,
+                self._move.destination_ae_title,
+                StudyRootQueryRetrieveInformationModelMove,
+                msg_id=self._next_message_id(),
+            )
+            # The final response comes after the last sub-operation, which the node's own
+            # receiver has answered (and the inbox kept) by then.
+            self._await_retrieval("C-MOVE", move)
+            return received()
+
+    def _await_retrieval(self, request: str, responses: Iterator[tuple[Dataset, object]]) -> None:
         sent_at = time.monotonic()
-        responses = self._assoc.send_c_get(
-            query, StudyRootQueryRetrieveInformationModelGet, msg_id=self._next_message_id()
-        )
         for status, _ in responses:
             code = status.get("Status")
             if code is None:
-                raise self._no_answer("C-GET", sent_at)
+                raise self._no_answer(request, sent_at)
             if code in _PENDING:
                 continue
-            if code == _GET_WARNING:
+            if code == _RETRIEVE_WARNING:
                 failed = status.get("NumberOfFailedSuboperations", "?")
                 LOGGER.warning(
-                    "prior lookup: C-GET of an SR series: %s sub-operation(s) failed", failed
+                    "prior lookup: %s of an SR series: %s sub-operation(s) failed", request, failed
                 )
             elif code != _SUCCESS:
-                raise QueryFailed(f"C-GET answered 0x{code:04X}")
-        return self._retrieved.take()
+                raise QueryFailed(f"{request} answered 0x{code:04X}")
 
 
 @dataclass
@@ -353,8 +396,10 @@ class PriorResultsQuery:
         max_studies: int = 20,
         retry_after_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        move: MoveToNode | None = None,
     ) -> None:
         install_event_driven_reactors()  # once per process, as for the sender
+        self._move = move
         self._source = source
         self._calling_ae_title = calling_ae_title
         self._timeout_s = timeout_s
@@ -500,8 +545,11 @@ class PriorResultsQuery:
         docs/generate_conformance.py lists)."""
         ae = AE(ae_title=self._calling_ae_title)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        ae.add_requested_context(Comprehensive3DSRStorage, UNCOMPRESSED_TRANSFER_SYNTAXES)
+        if self._move is not None:
+            ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        else:
+            ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+            ae.add_requested_context(Comprehensive3DSRStorage, UNCOMPRESSED_TRANSFER_SYNTAXES)
         ae.acse_timeout = self._timeout_s
         ae.dimse_timeout = self._timeout_s
         ae.network_timeout = self._timeout_s
@@ -530,7 +578,9 @@ class PriorResultsQuery:
                 source.port,
                 ae_title=source.ae_title,
                 max_pdu=MAX_PDU_BYTES,
-                ext_neg=[build_role(Comprehensive3DSRStorage, scp_role=True)],
+                ext_neg=(
+                    None if self._move else [build_role(Comprehensive3DSRStorage, scp_role=True)]
+                ),
                 tls_args=tls_args,
                 evt_handlers=[
                     (evt.EVT_CONN_OPEN, disable_nagle),
@@ -543,7 +593,7 @@ class PriorResultsQuery:
             raise QueryFailed(self._not_established(assoc, time.monotonic() - requested_at))
         keep_responses_for_caller(assoc)
         try:
-            session = QuerySession(assoc, retrieved, self._timeout_s)
+            session = QuerySession(assoc, retrieved, self._timeout_s, self._move)
             session.check_contexts()
             yield session
         except BaseException:
@@ -558,6 +608,7 @@ class PriorResultsQuery:
 
 __all__ = [
     "DEADLINE_FACTOR",
+    "MoveToNode",
     "NO_PATIENT_ID",
     "NO_STUDY_DATE",
     "PriorResultsQuery",

@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
@@ -56,6 +56,9 @@ from hippo_scp.network.presentation import per_association_contexts, supported_c
 from hippo_scp.network.socket_tuning import disable_nagle, install_pdu_read_tuning
 from hippo_scp.network.store_response import use_fast_store_responses
 from hippo_scp.network.tls import server_context
+
+if TYPE_CHECKING:
+    from hippo_scp.network.retrieval_inbox import RetrievalInbox
 
 LOGGER = logging.getLogger(__name__)
 
@@ -189,10 +192,13 @@ class StorageReceiver:
         *,
         on_activity: Callable[[], None] = lambda: None,
         spool: Spool | None = None,
+        inbox: RetrievalInbox | None = None,
     ) -> None:
         self._config = config
         self._store = store
         self._spool = spool
+        #: instances the prior lookup C-MOVEs here are claimed before the store sees them
+        self._inbox = inbox
         self._on_activity = on_activity
         self._counts: dict[int, AssociationCounts] = {}
         self._counts_lock = threading.Lock()
@@ -395,6 +401,14 @@ class StorageReceiver:
             short = self._short_headers
             header = _parse_header(raw, ts, full=not short)
             PATIENT_GUARD.remember(header)
+            if self._inbox is not None and self._inbox.claim(
+                str(header.get("SeriesInstanceUID", "") or ""),
+                sop_instance_uid=str(header.get("SOPInstanceUID", "") or ""),
+                sop_class_uid=str(header.get("SOPClassUID", "") or ""),
+                transfer_syntax=str(ts),
+                data=raw.getvalue,
+            ):
+                return STATUS_SUCCESS  # a series the prior lookup is retrieving (C-MOVE)
             size = raw.getbuffer().nbytes
             association_id = _association_id(event.assoc)
             outcome = self._store.offer(

@@ -128,6 +128,11 @@ def test_orthanc_config_follows_environment(tmp_path: Path):
     assert config["DicomModalities"]["hippoai"]["Port"] == 21112
     assert config["LuaScripts"][-1] == str(DEPLOY / "route_dicoms_per_instance.lua")
     assert _render(tmp_path, ORTHANC_ROUTING="none")["LuaScripts"] == []
+    # the node may query and C-GET its earlier results; C-MOVE only when asked for
+    node = config["DicomModalities"]["hippoai"]
+    assert (node["AllowFind"], node["AllowGet"], node["AllowMove"]) == (True, True, False)
+    moving = _render(tmp_path, ORTHANC_ALLOW_MOVE="true")["DicomModalities"]["hippoai"]
+    assert moving["AllowMove"] is True
 
 
 def test_lua_routing_uses_one_store_job_per_series():

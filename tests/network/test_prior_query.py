@@ -31,15 +31,19 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from benchmarks.study_factory import as_new_study
-from hippo_scp.config import Destination
+from hippo_scp.assembly.series_store import SeriesStore, StoreSettings
+from hippo_scp.config import Destination, NodeConfig
 from hippo_scp.network.prior_query import (
     NO_PATIENT_ID,
     NO_STUDY_DATE,
+    MoveToNode,
     PriorResultsQuery,
     StudyAnswer,
     earlier_studies,
     prior_from_sr,
 )
+from hippo_scp.network.receiver import StorageReceiver
+from hippo_scp.network.retrieval_inbox import RetrievalInbox
 from hippo_scp.outputs.identity import SR_SERIES_DESCRIPTION, model_version_of
 from hippo_scp.outputs.sr import read_volumes
 from hippo_scp.pipeline.prior_comparison import parse_dicom_date
@@ -131,6 +135,7 @@ def pacs(
     stack = Stack.create(
         tmp_path_factory.mktemp("prior_query") / "run", routing="none", route_series=""
     )
+    stack.env["ORTHANC_ALLOW_MOVE"] = "true"  # for the C-MOVE retrieval test
     try:
         stack.start("--no-node", "--no-ohif", timeout=120)
         for ds in (current_sr, prior_sr, superseded, *ignored, *other_patient):
@@ -185,6 +190,30 @@ def test_finds_the_earlier_sr_and_ignores_the_rest(
     for record in caplog.records:
         if record.levelno >= logging.INFO:
             assert not any(i in record.getMessage() for i in identifiers), record.getMessage()
+
+
+def test_retrieval_by_c_move_to_the_nodes_own_receiver(pacs: PacsWithResults) -> None:
+    """priors.retrieve: move -- Orthanc C-STOREs the SR to the node's Storage SCP (the
+    ``hippoai`` modality it routes images to); the receiver hands it to the waiting lookup,
+    never to the series store, and the lookup finds the same prior as by C-GET."""
+    config = NodeConfig.model_validate(
+        {"node": {"ae_title": pacs.calling_ae_title, "bind_address": "127.0.0.1",
+                  "port": int(pacs.stack.env["HIPPO_PORT"])}}
+    )  # fmt: skip
+    offered: list[Dataset] = []
+    store = SeriesStore(StoreSettings.from_config(config), lambda ds: offered.append(ds) or True)
+    inbox = RetrievalInbox()
+    receiver = StorageReceiver(config, store, inbox=inbox)
+    receiver.start()
+    try:
+        move = MoveToNode(pacs.calling_ae_title, inbox)
+        by_move = pacs.query(move=move).lookup(pacs.current)
+        by_get = pacs.query().lookup(pacs.current)
+    finally:
+        receiver.shutdown()
+    assert by_move.status == "found", by_move.reason
+    assert by_move.priors == by_get.priors
+    assert offered == [] and len(store) == 0  # nothing reached the series store
 
 
 def test_patient_without_results_gets_none(pacs: PacsWithResults) -> None:
