@@ -227,6 +227,8 @@ class QuerySession:
         move: MoveToNode | None = None,
     ) -> None:
         self._assoc = assoc
+        #: the PACS: the only AE whose C-STOREs a C-MOVE of ours may bring
+        self._source_ae_title = str(assoc.acceptor.ae_title)
         self._retrieved = retrieved
         self._timeout_s = timeout_s
         self._move = move
@@ -344,7 +346,7 @@ class QuerySession:
             )
             self._await_retrieval("C-GET", get)
             return self._retrieved.take()
-        with self._move.inbox.expecting(series_uid) as received:
+        with self._move.inbox.expecting(series_uid, self._source_ae_title) as received:
             move = self._assoc.send_c_move(
                 query,
                 self._move.destination_ae_title,
@@ -353,12 +355,25 @@ class QuerySession:
             )
             # The final response comes after the last sub-operation, which the node's own
             # receiver has answered (and the inbox kept) by then.
-            self._await_retrieval("C-MOVE", move)
-            return received()
+            final = self._await_retrieval("C-MOVE", move)
+            arrived = received()
+        moved = int(final.get("NumberOfCompletedSuboperations", 0) or 0)
+        if moved and not arrived:
+            raise QueryFailed(
+                f"C-MOVE reported {moved} instance(s) sent, none arrived from "
+                f"{self._source_ae_title} (does the PACS store with another AE title?)"
+            )
+        return arrived
 
-    def _await_retrieval(self, request: str, responses: Iterator[tuple[Dataset, object]]) -> None:
+    def _await_retrieval(
+        self, request: str, responses: Iterator[tuple[Dataset, object]]
+    ) -> Dataset:
+        """Wait for the final response (returned); raise QueryFailed unless it is Success or
+        Warning."""
         sent_at = time.monotonic()
+        final = Dataset()
         for status, _ in responses:
+            final = status
             code = status.get("Status")
             if code is None:
                 raise self._no_answer(request, sent_at)
@@ -371,6 +386,7 @@ class QuerySession:
                 )
             elif code != _SUCCESS:
                 raise QueryFailed(f"{request} answered 0x{code:04X}")
+        return final
 
 
 @dataclass

@@ -407,6 +407,7 @@ class StorageReceiver:
                 sop_class_uid=str(header.get("SOPClassUID", "") or ""),
                 transfer_syntax=str(ts),
                 data=raw.getvalue,
+                calling_ae_title=_calling_ae_title(event),
             ):
                 return STATUS_SUCCESS  # a series the prior lookup is retrieving (C-MOVE)
             size = raw.getbuffer().nbytes

@@ -32,18 +32,25 @@ class RetrievalInbox:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._expected: dict[str, list[ReceivedInstance]] = {}
+        #: series UID -> the AE title that must store it (the PACS asked to move it)
+        self._senders: dict[str, str] = {}
 
     @contextmanager
-    def expecting(self, series_uid: str) -> Iterator[Callable[[], list[Dataset]]]:
-        """Claim the instances of ``series_uid`` while the block runs; the yielded function
-        returns (parsed) what has arrived so far. Nothing is claimed after the block."""
+    def expecting(
+        self, series_uid: str, from_ae_title: str
+    ) -> Iterator[Callable[[], list[Dataset]]]:
+        """Claim the instances of ``series_uid`` that ``from_ae_title`` (the PACS asked for
+        the C-MOVE) stores while the block runs; the yielded function returns (parsed) what has
+        arrived so far. Nothing is claimed after the block, nor from another calling AE."""
         with self._lock:
             self._expected[series_uid] = []
+            self._senders[series_uid] = from_ae_title.strip()
         try:
             yield lambda: self._received(series_uid)
         finally:
             with self._lock:
                 self._expected.pop(series_uid, None)
+                self._senders.pop(series_uid, None)
 
     def _received(self, series_uid: str) -> list[Dataset]:
         with self._lock:
@@ -58,14 +65,16 @@ class RetrievalInbox:
         sop_class_uid: str,
         transfer_syntax: str,
         data: Callable[[], bytes],
+        calling_ae_title: str,
     ) -> bool:
-        """Keep the instance if a lookup is waiting for its series (True: the receiver answers
-        Success and files nothing); False: not ours, the receiver goes on as usual."""
+        """Keep the instance if a lookup is waiting for its series from this calling AE
+        (True: the receiver answers Success and files nothing); False: not ours, the receiver
+        goes on as usual."""
         if not self._expected:  # the common case: no lookup in progress
             return False
         with self._lock:
             bucket = self._expected.get(series_uid)
-            if bucket is None:
+            if bucket is None or self._senders.get(series_uid) != calling_ae_title.strip():
                 return False
             bucket.append(
                 ReceivedInstance(

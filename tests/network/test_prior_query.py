@@ -216,6 +216,33 @@ def test_retrieval_by_c_move_to_the_nodes_own_receiver(pacs: PacsWithResults) ->
     assert offered == [] and len(store) == 0  # nothing reached the series store
 
 
+class OtherSenderInbox(RetrievalInbox):
+    """As if the PACS stored its C-MOVE sub-operations under another calling AE title."""
+
+    def claim(self, series_uid: str, **kwargs) -> bool:
+        return super().claim(series_uid, **{**kwargs, "calling_ae_title": "ORTHANC-OUT"})
+
+
+def test_c_move_whose_instances_come_from_another_ae_fails_clearly(
+    pacs: PacsWithResults,
+) -> None:
+    """Not a silent "no earlier result": the PACS said it moved the SR, none was claimed."""
+    config = NodeConfig.model_validate(
+        {"node": {"ae_title": pacs.calling_ae_title, "bind_address": "127.0.0.1",
+                  "port": int(pacs.stack.env["HIPPO_PORT"])}}
+    )  # fmt: skip
+    store = SeriesStore(StoreSettings.from_config(config), lambda ds: False)
+    inbox = OtherSenderInbox()
+    receiver = StorageReceiver(config, store, inbox=inbox)
+    receiver.start()
+    try:
+        lookup = pacs.query(move=MoveToNode(pacs.calling_ae_title, inbox)).lookup(pacs.current)
+    finally:
+        receiver.shutdown()
+    assert lookup.status == "failed"
+    assert "none arrived from" in lookup.reason and "another AE title" in lookup.reason
+
+
 def test_patient_without_results_gets_none(pacs: PacsWithResults) -> None:
     lookup = pacs.query().lookup(pacs.other_patient)
     assert lookup.status == "none"

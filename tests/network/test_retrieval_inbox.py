@@ -11,7 +11,7 @@ from hippo_scp.node import retrieval_inbox_for
 from tests.dicom_factory import data_set_bytes, series_from_volume
 
 
-def _offer(inbox: RetrievalInbox, ds) -> bool:
+def _offer(inbox: RetrievalInbox, ds, calling_ae_title: str = "PACS") -> bool:
     data = data_set_bytes(ds)
     return inbox.claim(
         str(ds.SeriesInstanceUID),
@@ -19,6 +19,7 @@ def _offer(inbox: RetrievalInbox, ds) -> bool:
         sop_class_uid=str(ds.SOPClassUID),
         transfer_syntax=ExplicitVRLittleEndian,
         data=lambda: data,
+        calling_ae_title=calling_ae_title,
     )
 
 
@@ -27,8 +28,9 @@ def test_only_an_expected_series_is_claimed_and_only_while_expected() -> None:
     routed = series_from_volume(np.ones((4, 5, 3), dtype=np.float32))
     inbox = RetrievalInbox()
     assert not _offer(inbox, wanted[0])  # no lookup waiting: the receiver goes on as usual
-    with inbox.expecting(str(wanted[0].SeriesInstanceUID)) as received:
+    with inbox.expecting(str(wanted[0].SeriesInstanceUID), "PACS") as received:
         assert not _offer(inbox, routed[0])  # another series: not ours
+        assert not _offer(inbox, wanted[0], "INTRUDER")  # not from the PACS asked to move it
         assert all(_offer(inbox, ds) for ds in wanted)
         back = received()
     assert [ds.SOPInstanceUID for ds in back] == [ds.SOPInstanceUID for ds in wanted]
