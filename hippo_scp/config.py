@@ -244,7 +244,9 @@ class PriorsSection(_Strict):
         "title (for a PACS without C-GET; it must know the node as a move destination)",
     )
     timeout_s: float = Field(
-        10.0, gt=0, description="per network step; the whole lookup is bounded by 3x this"
+        10.0,
+        gt=0,
+        description="per network step; no new step after 3x this (one under way may finish)",
     )
     retry_after_s: float = Field(
         60.0,

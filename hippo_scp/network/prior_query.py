@@ -538,17 +538,30 @@ class PriorResultsQuery:
                 for series_uid in series_uids:  # its newest result series first
                     deadline.check()
                     retrieved = session.retrieve(study, series_uid)
-                    priors = [p for sr in retrieved if (p := self._parse(study, sr, patient_id))]
+                    priors = [p for sr in retrieved if (p := self._parse(study, sr, current))]
                     if priors:
                         return studies, len(candidates), priors
-        return studies, len(candidates), []
+        if candidates:
+            # Results exist but none could be used: a fault to surface, not "no results".
+            raise QueryFailed(
+                f"{len(candidates)} earlier stud(ies) hold results, but no SR could be "
+                "retrieved and read (see the warnings above)"
+            )
+        return studies, 0, []
 
     @staticmethod
-    def _parse(study: StudyAnswer, sr: Dataset, patient_id: str) -> PriorMeasurement | None:
-        """One retrieved SR as a measurement; None (and a warning) when it cannot be used."""
-        if str(sr.get("PatientID", "") or "").strip() != patient_id:
-            LOGGER.warning("prior lookup: skipped an SR that names another patient")
-            return None
+    def _parse(study: StudyAnswer, sr: Dataset, current: Dataset) -> PriorMeasurement | None:
+        """One retrieved SR as a measurement; None (and a warning) when it cannot be used.
+
+        Same patient = same PatientID and, where both objects carry them, the same
+        IssuerOfPatientID and PatientBirthDate (a PACS holding several ID domains may have
+        the same ID for two people)."""
+        for keyword in ("PatientID", "IssuerOfPatientID", "PatientBirthDate"):
+            ours = str(current.get(keyword, "") or "").strip()
+            theirs = str(sr.get(keyword, "") or "").strip()
+            if (keyword == "PatientID" or (ours and theirs)) and ours != theirs:
+                LOGGER.warning("prior lookup: skipped an SR of another patient (%s)", keyword)
+                return None
         try:
             return prior_from_sr(sr, study)
         except ValueError as error:

@@ -368,15 +368,8 @@ def render_report(
     qc_width = WIDTH - 64 if content.prior is None else WIDTH // 2 - 40
     if content.qc_flags:
         draw.text((32, y + 10), "QC flags", font=_font(22, True), fill=_WARN)
-        lines = [
-            (prefix + line)
-            for flag in content.qc_flags
-            for prefix, line in zip(
-                ("!  ", "    "), _wrap(draw, flag, _font(18), qc_width - 40), strict=False
-            )
-        ]
         fy = y + 42
-        for line in lines[:4]:
+        for line in _flag_lines(draw, content.qc_flags, _font(18), qc_width - 40):
             draw.text((44, fy), line, font=_font(18), fill=_WARN)
             fy += 23
     else:
@@ -442,6 +435,28 @@ def _draw_prior(draw: ImageDraw.ImageDraw, prior: PriorReport, x0: int, y: int) 
             font=_font(15),
             fill=_MUTED if c.same_model else _WARN,
         )
+
+
+def _flag_lines(
+    draw: ImageDraw.ImageDraw,
+    flags: Sequence[str],
+    font: ImageFont.FreeTypeFont,
+    width: int,
+    max_lines: int = 4,
+) -> list[str]:
+    """The QC flags in at most ``max_lines`` lines, none silently dropped: wrapped when that
+    fits, else one shortened line per flag (and how many more there are)."""
+    wrapped = [
+        [("!  " if i == 0 else "    ") + line for i, line in enumerate(_wrap(draw, f, font, width))]
+        for f in flags
+    ]
+    if sum(len(lines) for lines in wrapped) <= max_lines:
+        return [line for lines in wrapped for line in lines]
+    shown = list(flags) if len(flags) <= max_lines else list(flags)[: max_lines - 1]
+    lines = [_fit(draw, f"!  {flag}", font, width) for flag in shown]
+    if len(flags) > len(shown):
+        lines.append(f"!  ... and {len(flags) - len(shown)} more flag(s)")
+    return lines
 
 
 def _wrap(

@@ -55,6 +55,7 @@ OLDER_DATE = "20180119"
 UNREADABLE_DATE = "20190719"  # between the prior and the current examination
 LATER_DATE = "20210119"
 OTHER_PATIENT_ID = "PGBM-NO-RESULTS"
+UNREADABLE_PATIENT_ID = "PGBM-UNREADABLE-RESULT"
 
 
 @dataclass
@@ -70,6 +71,8 @@ class PacsWithResults:
     prior_sr: Dataset
     #: a header of the patient who has studies in the PACS but no results
     other_patient: Dataset
+    #: a header of a patient whose only earlier result is an unreadable SR
+    unreadable_patient: Dataset
 
     def query(self, **kwargs) -> PriorResultsQuery:
         return PriorResultsQuery(
@@ -125,6 +128,9 @@ def pacs(
         *as_new_study([without_whole_volume(prior_sr)], StudyDate=UNREADABLE_DATE),
     ]
     other_patient = as_new_study(series[:1], StudyDate=PRIOR_DATE, PatientID=OTHER_PATIENT_ID)
+    unreadable = as_new_study(
+        [without_whole_volume(prior_sr)], StudyDate=PRIOR_DATE, PatientID=UNREADABLE_PATIENT_ID
+    )
     # the prior study analysed once before, by other weights: an older SR series of the study
     superseded = copy.deepcopy(prior_sr)
     superseded.SeriesInstanceUID = generate_uid()
@@ -138,7 +144,7 @@ def pacs(
     stack.env["ORTHANC_ALLOW_MOVE"] = "true"  # for the C-MOVE retrieval test
     try:
         stack.start("--no-node", "--no-ohif", timeout=120)
-        for ds in (current_sr, prior_sr, superseded, *ignored, *other_patient):
+        for ds in (current_sr, prior_sr, superseded, *ignored, *other_patient, *unreadable):
             store(stack, ds)
         source = Destination(
             ae_title=stack.env.get("ORTHANC_AET", "ORTHANC"),
@@ -153,6 +159,9 @@ def pacs(
             current=series[0],
             prior_sr=prior_sr,
             other_patient=later_header,
+            unreadable_patient=as_new_study(
+                series[:1], StudyDate=LATER_DATE, PatientID=UNREADABLE_PATIENT_ID
+            )[0],
         )
     finally:
         stack.stop()
@@ -241,6 +250,27 @@ def test_c_move_whose_instances_come_from_another_ae_fails_clearly(
         receiver.shutdown()
     assert lookup.status == "failed"
     assert "none arrived from" in lookup.reason and "another AE title" in lookup.reason
+
+
+def test_results_that_cannot_be_read_are_a_failure_not_none(pacs: PacsWithResults) -> None:
+    """An administrator must see it (status counts failures), not a silent "no results"."""
+    lookup = pacs.query().lookup(pacs.unreadable_patient)
+    assert lookup.status == "failed"
+    assert "1 earlier stud(ies) hold results, but no SR could be" in lookup.reason
+
+
+def test_an_sr_of_another_person_with_the_same_id_is_skipped(pacs: PacsWithResults) -> None:
+    """Same PatientID, different birth date (another ID domain): not this patient's prior."""
+    header = copy.deepcopy(pacs.current)
+    header.PatientBirthDate = "19000101"
+    prior_sr = copy.deepcopy(pacs.prior_sr)
+    prior_sr.PatientBirthDate = "19500505"
+    study = StudyAnswer(str(prior_sr.StudyInstanceUID), PRIOR_DATE)
+    assert PriorResultsQuery._parse(study, prior_sr, header) is None
+    prior_sr.PatientBirthDate = "19000101"
+    assert PriorResultsQuery._parse(study, prior_sr, header) is not None
+    del prior_sr.PatientBirthDate  # absent on one side: PatientID decides
+    assert PriorResultsQuery._parse(study, prior_sr, header) is not None
 
 
 def test_patient_without_results_gets_none(pacs: PacsWithResults) -> None:

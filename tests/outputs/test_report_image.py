@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from hippo_scp import MANUFACTURER, SOFTWARE_NAME
 from hippo_scp.outputs.identity import REPORT_SERIES_DESCRIPTION
@@ -15,6 +16,7 @@ from hippo_scp.outputs.report_image import (
     HEIGHT,
     WIDTH,
     PriorReport,
+    _flag_lines,
     _font,
     _person_name,
     describe_model_error,
@@ -167,3 +169,21 @@ def test_the_prior_block_is_drawn_in_the_bottom_panel_only(built):
         # the bottom panel (y 790-926): the QC text re-wraps on the left, the block on the right
         assert rows.min() >= 790 and rows.max() <= 926
         assert (cols >= WIDTH // 2).sum() > (cols < WIDTH // 2).sum()
+
+
+def test_no_qc_flag_is_silently_dropped_from_the_page() -> None:
+    """Three long flags (a wrong crop raises them together) do not fit wrapped in 4 lines:
+    each gets one shortened line; more than four: the last line counts the rest."""
+    draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))
+    font = _font(18)
+    flags = [
+        "Total volume 6,100 mm³ outside training range 2,400-4,400 mm³",
+        "Low model confidence (mean max-softmax 0.61)",
+        "Total volume changed +85 % since the prior: check both crops show the same hippocampus",
+    ]
+    lines = _flag_lines(draw, flags, font, 430)
+    assert len(lines) == 3
+    assert [line[:14] for line in lines] == [f"!  {flag}"[:14] for flag in flags]
+    assert _flag_lines(draw, flags[:1], font, 430)[1].startswith("    ")  # wrapped when it fits
+    many = _flag_lines(draw, [f"flag {i}" for i in range(6)], font, 430)
+    assert many[-1] == "!  ... and 3 more flag(s)" and len(many) == 4
