@@ -27,6 +27,7 @@ from hippo_scp.network.event_reactor import (
     WakingQueue,
     install_event_driven_reactors,
 )
+from hippo_scp.network.response_guard import keep_responses_for_caller
 
 pytestmark = pytest.mark.network
 
@@ -96,6 +97,10 @@ def test_store_release_and_cleanup_with_real_instances(
     fds_before = _open_fds()
     assoc = _scu().associate("127.0.0.1", port, ae_title="STORESCP")
     assert assoc.is_established
+    # As the node's sender does: pynetdicom's reactor can take a response meant for the
+    # waiting send_c_store ("Received unexpected C-STORE service message", then a DIMSE
+    # timeout -- seen once in CI); response_guard hands it back.
+    assert keep_responses_for_caller(assoc)
     assert isinstance(assoc.dul.to_provider_queue, WakingQueue)
     assert isinstance(assoc.dimse.msg_queue, WakingQueue)
     assert isinstance(assoc._reactor_checkpoint, WakingCheckpoint)
