@@ -162,29 +162,42 @@ def parse_dicom_date(value: object) -> datetime.date | None:
         return None
 
 
-def select_prior(
+def _earlier_results(
     priors: Sequence[PriorMeasurement],
     *,
     current_study_uid: str,
     current_date: datetime.date | None,
-) -> PriorMeasurement | None:
-    """The most recent earlier examination's newest result, or None.
-
-    Earlier means a different study with a StudyDate on or before the current one; without a
-    current StudyDate nothing can be called earlier, so nothing is compared.
-    """
+) -> list[PriorMeasurement]:
+    """Results of examinations before this one: a different study with a StudyDate on or
+    before the current one; without a current StudyDate nothing can be called earlier."""
     if current_date is None:
-        return None
-    earlier = [
+        return []
+    return [
         p
         for p in priors
         if p.study_instance_uid != current_study_uid
         and p.study_date is not None
         and p.study_date <= current_date
     ]
-    if not earlier:
-        return None
+
+
+def _most_recent(earlier: Sequence[PriorMeasurement]) -> PriorMeasurement:
+    """The latest examination's newest result (``earlier`` is not empty)."""
     return max(earlier, key=lambda p: (p.study_date, p.content_datetime))
+
+
+def select_prior(
+    priors: Sequence[PriorMeasurement],
+    *,
+    current_study_uid: str,
+    current_date: datetime.date | None,
+) -> PriorMeasurement | None:
+    """The most recent earlier examination's newest result, or None (see
+    :func:`_earlier_results` for what counts as earlier)."""
+    earlier = _earlier_results(
+        priors, current_study_uid=current_study_uid, current_date=current_date
+    )
+    return _most_recent(earlier) if earlier else None
 
 
 def compare_with_prior(
@@ -196,34 +209,25 @@ def compare_with_prior(
     lookup: PriorLookup | None,
 ) -> PriorComparison | None:
     """Compare the current volumes with the most recent earlier result in ``lookup``."""
-    if lookup is None or lookup.status != "found":
+    if lookup is None or lookup.status != "found" or current_date is None:
         return None
-    prior = select_prior(
+    earlier = _earlier_results(
         lookup.priors, current_study_uid=current_study_uid, current_date=current_date
     )
-    if prior is None:
+    if not earlier:
         return None
-    interval = None
-    if current_date is not None and prior.study_date is not None:
-        interval = (current_date - prior.study_date).days
-    studies = {
-        p.study_instance_uid
-        for p in lookup.priors
-        if p.study_instance_uid != current_study_uid
-        and p.study_date is not None
-        and current_date is not None
-        and p.study_date <= current_date
-    }
+    prior = _most_recent(earlier)
+    assert prior.study_date is not None  # _earlier_results keeps dated results only
     return PriorComparison(
         prior=prior,
-        interval_days=interval,
+        interval_days=(current_date - prior.study_date).days,
         changes=(
             VolumeChange("Anterior", prior.anterior_mm3, current.anterior_mm3),
             VolumeChange("Posterior", prior.posterior_mm3, current.posterior_mm3),
             VolumeChange("Total", prior.total_mm3, current.total_mm3),
         ),
         same_model=bool(prior.model_version) and prior.model_version == current_model_version,
-        prior_count=max(len(studies), lookup.studies_with_results),
+        prior_count=max(len({p.study_instance_uid for p in earlier}), lookup.studies_with_results),
     )
 
 
