@@ -125,12 +125,7 @@ def build_prior_source(
         if inbox is None:
             raise StartupError("priors.retrieve: move needs the node's receiver (an inbox)")
         move = MoveToNode(config.node.ae_title, inbox)
-    tls_context = None
-    if source.tls:
-        try:
-            tls_context = client_context(config.tls)
-        except (OSError, ValueError) as error:
-            raise StartupError(f"tls: cannot load certificates: {error}") from None
+    tls_context = _tls_or_fail(config, client=True) if source.tls else None
     LOGGER.info(
         "prior comparison on: earlier results are asked from %s (C-FIND / C-%s)",
         source,
@@ -156,8 +151,9 @@ def retrieval_inbox_for(config: NodeConfig) -> RetrievalInbox | None:
 def _tls_or_fail(config: NodeConfig, *, client: bool) -> ssl.SSLContext | None:
     """Build the TLS context now so a bad certificate stops start-up with one line."""
     try:
-        if client:
-            needed = any(d.tls for d in config.destinations)
+        if client:  # results to destinations, and the prior lookup's PACS
+            source = config.prior_source
+            needed = any(d.tls for d in config.destinations) or bool(source and source.tls)
             return client_context(config.tls) if needed else None
         return server_context(config.tls)
     except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
