@@ -171,11 +171,13 @@ class AnalysisResult:
                 name: OutputReference.of(ds).__dict__
                 for name, ds in (("sr", self.sr), ("seg", self.seg), ("report", self.report))
             },
-            "prior_comparison": self._prior_json(),
+            "prior_comparison": self.prior_summary(),
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
         }
 
-    def _prior_json(self) -> dict[str, Any] | None:
+    def prior_summary(self) -> dict[str, Any] | None:
+        """The comparison with the prior as numbers (or why there is none), no identifiers;
+        None when no prior source was asked. The worker files it in the outbox summary."""
         if self.prior_lookup is None:
             return None
         if self.prior_comparison is not None:

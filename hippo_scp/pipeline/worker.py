@@ -333,13 +333,14 @@ class AnalysisWorker(threading.Thread):
 
 
 def _prior_summary(result: ResultLike) -> dict[str, Any] | None:
-    """The comparison with the prior (numbers, no identifiers), when one was asked for."""
-    to_json = getattr(result, "to_json_dict", None)
-    return to_json().get("prior_comparison") if callable(to_json) else None
+    """The comparison with the prior (numbers, no identifiers), when one was asked for
+    (``AnalysisResult.prior_summary``; results without one have none)."""
+    summary = getattr(result, "prior_summary", None)
+    return summary() if callable(summary) else None
 
 
 def describe_prior(prior: dict[str, Any]) -> str:
-    """One log line for the comparison summary of ``AnalysisResult.to_json_dict``."""
+    """One log line for ``AnalysisResult.prior_summary``."""
     if prior.get("status") != "compared":
         return f"no comparison with a prior ({prior.get('status')}: {prior.get('reason', '')})"
     total = prior["changes"]["total"]

@@ -316,7 +316,7 @@ def test_the_comparison_with_the_prior_is_in_the_summary_and_the_log(caplog) -> 
 
     def analyze(datasets):
         result = _fake_result(datasets)
-        result.to_json_dict = lambda: {"prior_comparison": comparison}
+        result.prior_summary = lambda: comparison
         return result
 
     outbox = FakeOutbox()
