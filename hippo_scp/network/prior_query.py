@@ -267,27 +267,38 @@ class QuerySession:
         if store is None or not store.as_scp:
             raise QueryFailed("C-STORE of SRs back to the node (SCP role) not accepted")
 
+    def _responses(
+        self,
+        request: str,
+        responses: Iterator[tuple[Dataset, Dataset | None]],
+        *,
+        warning_ends_well: bool = False,
+    ) -> Iterator[tuple[Dataset, Dataset | None]]:
+        """The responses of one request, raising QueryFailed for no answer (timeout or abort)
+        and for a final status other than Success (or, for a retrieval, Warning)."""
+        sent_at = time.monotonic()
+        for status, identifier in responses:
+            code = status.get("Status")
+            if code is None:
+                raise self._no_answer(request, sent_at)
+            ends_well = code == _SUCCESS or (warning_ends_well and code == _RETRIEVE_WARNING)
+            if code not in _PENDING and not ends_well:
+                raise QueryFailed(f"{request} answered 0x{code:04X}")
+            yield status, identifier
+
     def _find(self, identifier: Dataset) -> list[Dataset]:
         self._ensure_established()
-        answers: list[Dataset] = []
-        request = f"{identifier.QueryRetrieveLevel} C-FIND"
-        sent_at = time.monotonic()
         responses = self._assoc.send_c_find(
             identifier,
             StudyRootQueryRetrieveInformationModelFind,
             msg_id=self._next_message_id(),
         )
-        for status, answer in responses:
-            code = status.get("Status")
-            if code is None:
-                raise self._no_answer(request, sent_at)
-            if code in _PENDING:
-                if answer is not None:
-                    answers.append(answer)
-                continue
-            if code != _SUCCESS:
-                raise QueryFailed(f"{request} answered 0x{code:04X}")
-        return answers
+        request = f"{identifier.QueryRetrieveLevel} C-FIND"
+        return [
+            answer
+            for status, answer in self._responses(request, responses)
+            if status.Status in _PENDING and answer is not None
+        ]
 
     def find_studies(self, patient_id: str) -> list[StudyAnswer]:
         """The patient's studies. Answers naming another patient (a PACS that treats ``*``
@@ -366,26 +377,17 @@ class QuerySession:
         return arrived
 
     def _await_retrieval(
-        self, request: str, responses: Iterator[tuple[Dataset, object]]
+        self, request: str, responses: Iterator[tuple[Dataset, Dataset | None]]
     ) -> Dataset:
         """Wait for the final response (returned); raise QueryFailed unless it is Success or
-        Warning."""
-        sent_at = time.monotonic()
+        Warning (some sub-operations failed: what arrived is used, and logged)."""
         final = Dataset()
-        for status, _ in responses:
-            final = status
-            code = status.get("Status")
-            if code is None:
-                raise self._no_answer(request, sent_at)
-            if code in _PENDING:
-                continue
-            if code == _RETRIEVE_WARNING:
-                failed = status.get("NumberOfFailedSuboperations", "?")
+        for final, _ in self._responses(request, responses, warning_ends_well=True):
+            if final.Status == _RETRIEVE_WARNING:
+                failed = final.get("NumberOfFailedSuboperations", "?")
                 LOGGER.warning(
                     "prior lookup: %s of an SR series: %s sub-operation(s) failed", request, failed
                 )
-            elif code != _SUCCESS:
-                raise QueryFailed(f"{request} answered 0x{code:04X}")
         return final
 
 
