@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             # spread evenly over the second so the median is comparable between runs.
             phase = ((rep + 1) / (n + 1) + phase_offset) % 1.0
             time.sleep((phase - time.time()) % 1.0)
+            send_wall = time.time()  # per-instance routing reaches the node during the send
             P.storescu(orthanc.dicom_port, "ORTHANC", study_dir, nodelay=True)
             t0, t0_wall = time.perf_counter(), time.time()
             found = wait_modalities(orthanc, uid, ["SR", "SEG", "OT"], t0, args.timeout)
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             # the associations Orthanc opened to the node for this study (one per series)
             events = [
                 e
-                for e in audit_events(node.log_path, since=t0_wall - 0.5)
+                for e in audit_events(node.log_path, since=send_wall - 0.5)
                 if e.get("calling_ae_title") == "ORTHANC"
             ]
             accepted = [e["time"] - t0_wall for e in events if e["event"] == "association_accepted"]
